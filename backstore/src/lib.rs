@@ -1,0 +1,1 @@
+//! Backing stores: rdwr, aio, memory and null engines.

@@ -1,0 +1,1 @@
+//! CRC32C header and data digests.

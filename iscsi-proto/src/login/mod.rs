@@ -1,0 +1,1 @@
+//! Login: stages, negotiation and CHAP.

@@ -1,0 +1,1 @@
+//! RFC 1982 serial number arithmetic.

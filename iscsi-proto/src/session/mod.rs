@@ -1,0 +1,1 @@
+//! Connection and session state machines.

@@ -1,0 +1,1 @@
+//! Text segments: `key=value\0` pairs.

@@ -1,0 +1,1 @@
+//! The wire layer: BHS view, PDU reprs, AHS and framing.

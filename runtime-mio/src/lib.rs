@@ -1,0 +1,1 @@
+//! The mio (epoll) reactor runtime.

@@ -1,0 +1,2 @@
+//! `tgt-cli`: the iSCSI target daemon and its admin commands.
+fn main() {}
