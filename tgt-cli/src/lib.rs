@@ -1,0 +1,6 @@
+//! `tgt-cli`: the tgt-rs iSCSI target daemon and its admin commands.
+//!
+//! The library half holds what the binary and its tests share: the configuration schema
+//! ([`config`]).
+
+pub mod config;
