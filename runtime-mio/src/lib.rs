@@ -1,1 +1,507 @@
-//! The mio (epoll) reactor runtime.
+//! # runtime-mio
+//!
+//! The epoll runtime of the tgt-rs target: `N` reactor threads, each a [`mio::Poll`] owning
+//! its connections. Listener threads accept on every portal and hand connections out
+//! round-robin. Each wake-up reads everything the socket holds, handles every complete PDU,
+//! and sends the batched responses with one write. Block I/O runs on a per-reactor worker
+//! pool (memory and null stores run inline); completions come back through the reactor's
+//! [`mio::Waker`]. All protocol and SCSI logic lives in [`iscsi_target::driver::Driver`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use iscsi_target::driver::DriverConfig;
+//! use iscsi_target::registry::Registry;
+//!
+//! let registry = Arc::new(Registry::new());
+//! let server = runtime_mio::Server::start(
+//!     registry,
+//!     DriverConfig::default(),
+//!     &["127.0.0.1:3260".parse().unwrap()],
+//!     runtime_mio::MioConfig::default(),
+//! )?;
+//! server.shutdown(std::time::Duration::from_secs(5));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use iscsi_proto::session::Timestamp;
+use iscsi_target::driver::{Driver, DriverConfig, InputStatus, IoJob};
+use iscsi_target::registry::Registry;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+const WAKER: Token = Token(0);
+/// Bytes read from a socket per `read` call.
+const READ_CHUNK: usize = 256 * 1024;
+/// Stop reading from a connection while this much output is queued (backpressure).
+const MAX_PENDING_OUTPUT: usize = 8 << 20;
+
+/// Reactor settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MioConfig {
+    /// Reactor threads; 0 = one per core.
+    pub reactors: usize,
+    /// I/O worker threads per reactor.
+    pub io_threads: usize,
+}
+
+impl Default for MioConfig {
+    fn default() -> Self {
+        MioConfig { reactors: 0, io_threads: 8 }
+    }
+}
+
+enum Cmd {
+    NewConn(std::net::TcpStream, SocketAddr),
+    Logout(u16),
+    Stop,
+}
+
+struct ReactorShared {
+    waker: Waker,
+    cmds: Mutex<VecDeque<Cmd>>,
+    woken: Mutex<Vec<Token>>,
+    done: Mutex<Vec<(Token, IoJob)>>,
+    conns: AtomicUsize,
+}
+
+impl ReactorShared {
+    fn send(&self, c: Cmd) {
+        self.cmds.lock().unwrap_or_else(|e| e.into_inner()).push_back(c);
+        let _ = self.waker.wake();
+    }
+}
+
+/// A running reactor target.
+pub struct Server {
+    reactors: Vec<(Arc<ReactorShared>, JoinHandle<()>)>,
+    listeners: Vec<(SocketAddr, JoinHandle<()>)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listening", &self.local_addrs())
+            .field("reactors", &self.reactors.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Listens on `portals` and serves `registry` with `cfg.reactors` reactors.
+    pub fn start(
+        registry: Arc<Registry>,
+        driver_cfg: DriverConfig,
+        portals: &[SocketAddr],
+        cfg: MioConfig,
+    ) -> io::Result<Server> {
+        let mut bound = Vec::new();
+        for p in portals {
+            let l = TcpListener::bind(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("listen on {p}: {e}")))?;
+            bound.push(l);
+        }
+        let addrs: Vec<SocketAddr> =
+            bound.iter().map(|l| l.local_addr()).collect::<io::Result<_>>()?;
+        registry.set_portals(addrs.clone());
+        let n = if cfg.reactors == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            cfg.reactors
+        };
+        let epoch = Instant::now();
+        let mut reactors = Vec::new();
+        for i in 0..n {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let shared = Arc::new(ReactorShared {
+                waker,
+                cmds: Mutex::new(VecDeque::new()),
+                woken: Mutex::new(Vec::new()),
+                done: Mutex::new(Vec::new()),
+                conns: AtomicUsize::new(0),
+            });
+            let pool = IoPool::new(cfg.io_threads.max(1), shared.clone(), i)?;
+            let mut r = Reactor {
+                poll,
+                shared: shared.clone(),
+                registry: registry.clone(),
+                driver_cfg: driver_cfg.clone(),
+                conns: HashMap::new(),
+                next_token: 1,
+                pool,
+                epoch,
+                stopping: false,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("reactor-{i}"))
+                .spawn(move || r.run())?;
+            reactors.push((shared, h));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets: Vec<Arc<ReactorShared>> = reactors.iter().map(|(s, _)| s.clone()).collect();
+        let rr = Arc::new(AtomicUsize::new(0));
+        let mut listeners = Vec::new();
+        for (l, addr) in bound.into_iter().zip(addrs) {
+            let (stop, targets, rr) = (stop.clone(), targets.clone(), rr.clone());
+            let h = std::thread::Builder::new().name(format!("listen-{addr}")).spawn(move || {
+                for s in l.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match s {
+                        Ok(s) => {
+                            let peer = match s.peer_addr() {
+                                Ok(p) => p,
+                                Err(_) => continue,
+                            };
+                            let i = rr.fetch_add(1, Ordering::Relaxed) % targets.len();
+                            targets[i].send(Cmd::NewConn(s, peer));
+                        }
+                        Err(e) => {
+                            log::warn!("accept on {addr}: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })?;
+            listeners.push((addr, h));
+        }
+        Ok(Server { reactors, listeners, stop })
+    }
+
+    /// The addresses listened on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// Connections currently open.
+    pub fn connection_count(&self) -> usize {
+        self.reactors.iter().map(|(s, _)| s.conns.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Stops accepting, asks every initiator to log out, waits up to `grace`, then closes
+    /// what is left and joins every thread.
+    pub fn shutdown(self, grace: Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (addr, _) in &self.listeners {
+            let _ = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200));
+        }
+        for (_, h) in self.listeners {
+            let _ = h.join();
+        }
+        let secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX).max(1);
+        for (s, _) in &self.reactors {
+            s.send(Cmd::Logout(secs));
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && self.reactors.iter().any(|(s, _)| s.conns.load(Ordering::Relaxed) > 0)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (s, _) in &self.reactors {
+            s.send(Cmd::Stop);
+        }
+        for (_, h) in self.reactors {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Worker threads that run blocking I/O jobs for one reactor.
+struct IoPool {
+    tx: Option<Sender<(Token, IoJob)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl IoPool {
+    fn new(n: usize, shared: Arc<ReactorShared>, reactor: usize) -> io::Result<IoPool> {
+        let (tx, rx) = mpsc::channel::<(Token, IoJob)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("io-{reactor}-{i}"))
+                    .spawn(move || worker(&rx, &shared))?,
+            );
+        }
+        Ok(IoPool { tx: Some(tx), threads })
+    }
+
+    fn submit(&self, token: Token, job: IoJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((token, job));
+        }
+    }
+}
+
+impl Drop for IoPool {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((token, mut job)) = next else { return };
+        job.run();
+        shared.done.lock().unwrap_or_else(|e| e.into_inner()).push((token, job));
+        let _ = shared.waker.wake();
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    driver: Driver,
+    rx: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    writable_armed: bool,
+    peer_closed: bool,
+}
+
+struct Reactor {
+    poll: Poll,
+    shared: Arc<ReactorShared>,
+    registry: Arc<Registry>,
+    driver_cfg: DriverConfig,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    pool: IoPool,
+    epoch: Instant,
+    stopping: bool,
+}
+
+impl Reactor {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = self.now();
+            let timeout = self
+                .conns
+                .values()
+                .filter_map(|c| c.driver.poll_timeout())
+                .min()
+                .map(|t| Duration::from_millis(t.as_millis().saturating_sub(now.as_millis())));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll: {e}");
+                    return;
+                }
+            }
+            let mut touched: Vec<Token> = Vec::new();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                touched.push(ev.token());
+            }
+            if self.handle_commands() {
+                return;
+            }
+            let now = self.now();
+            // I/O completions.
+            let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()));
+            for (t, job) in done {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.driver.io_done(now, job);
+                    touched.push(t);
+                }
+            }
+            // Wake-ups from other sessions.
+            let woken = std::mem::take(&mut *self.shared.woken.lock().unwrap_or_else(|e| e.into_inner()));
+            for t in woken {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.driver.handle_wake(now);
+                    touched.push(t);
+                }
+            }
+            // Timers.
+            for (t, c) in self.conns.iter_mut() {
+                if c.driver.poll_timeout().is_some_and(|d| d <= now) {
+                    c.driver.handle_timeout(now);
+                    touched.push(*t);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for t in touched {
+                self.service(t, now);
+            }
+            if self.stopping && self.conns.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Returns true when the reactor must exit.
+    fn handle_commands(&mut self) -> bool {
+        let cmds = std::mem::take(&mut *self.shared.cmds.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in cmds {
+            match c {
+                Cmd::NewConn(s, peer) => self.accept(s, peer),
+                Cmd::Logout(secs) => {
+                    self.stopping = true;
+                    let now = self.now();
+                    let tokens: Vec<Token> = self.conns.keys().copied().collect();
+                    for t in tokens {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            c.driver.request_logout(now, secs);
+                        }
+                        self.service(t, now);
+                    }
+                }
+                Cmd::Stop => {
+                    let now = self.now();
+                    for (_, mut c) in self.conns.drain() {
+                        c.driver.close(now);
+                        let _ = self.poll.registry().deregister(&mut c.sock);
+                    }
+                    self.shared.conns.store(0, Ordering::Relaxed);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn accept(&mut self, s: std::net::TcpStream, peer: SocketAddr) {
+        if s.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = s.set_nodelay(true);
+        let local = s.local_addr().unwrap_or(peer);
+        let mut sock = TcpStream::from_std(s);
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE) {
+            log::warn!("register {peer}: {e}");
+            return;
+        }
+        let shared = self.shared.clone();
+        let wake: iscsi_target::registry::Wake = Arc::new(move || {
+            shared.woken.lock().unwrap_or_else(|e| e.into_inner()).push(token);
+            let _ = shared.waker.wake();
+        });
+        let driver = Driver::new(self.registry.clone(), &self.driver_cfg, peer, local, self.now(), wake);
+        self.conns.insert(
+            token,
+            Conn { sock, driver, rx: Vec::new(), out: Vec::new(), out_pos: 0, writable_armed: false, peer_closed: false },
+        );
+        self.shared.conns.fetch_add(1, Ordering::Relaxed);
+        // Data may already be waiting.
+        let now = self.now();
+        self.service(token, now);
+    }
+
+    /// Reads, handles, runs I/O and writes for one connection until it would block.
+    fn service(&mut self, token: Token, now: Timestamp) {
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let backlog = c.out.len() - c.out_pos;
+            // Read what the socket has unless output is backed up.
+            let mut read_any = false;
+            if !c.peer_closed && backlog < MAX_PENDING_OUTPUT {
+                let mut total = 0;
+                while total < READ_CHUNK {
+                    match c.sock.read(&mut chunk) {
+                        Ok(0) => {
+                            c.peer_closed = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            c.rx.extend_from_slice(&chunk[..n]);
+                            total += n;
+                            read_any = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => {
+                            c.peer_closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let st = if c.rx.is_empty() { InputStatus::NeedMore } else { c.driver.handle_input(now, &mut c.rx) };
+            // I/O: inline for stores that never block, the pool otherwise.
+            while let Some(mut job) = c.driver.poll_io() {
+                if job.backend.info.bstype == "memory" || job.backend.info.bstype == "null" {
+                    job.run();
+                    c.driver.io_done(now, job);
+                } else {
+                    self.pool.submit(token, job);
+                }
+            }
+            c.driver.transmit_into(now, &mut c.out);
+            // Write what we can.
+            while c.out_pos < c.out.len() {
+                match c.sock.write(&c.out[c.out_pos..]) {
+                    Ok(0) => {
+                        c.peer_closed = true;
+                        break;
+                    }
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        c.peer_closed = true;
+                        break;
+                    }
+                }
+            }
+            if c.out_pos == c.out.len() {
+                c.out.clear();
+                c.out_pos = 0;
+            }
+            let pending = c.out_pos < c.out.len();
+            if pending != c.writable_armed {
+                let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                let _ = self.poll.registry().reregister(&mut c.sock, token, interest);
+                c.writable_armed = pending;
+            }
+            let closed = c.driver.is_closed() || c.peer_closed;
+            if closed {
+                break;
+            }
+            if st == InputStatus::Blocked && !pending {
+                continue;
+            }
+            if !read_any || (c.out.len() - c.out_pos) >= MAX_PENDING_OUTPUT {
+                break;
+            }
+        }
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        let finished = c.driver.is_closed() && c.out_pos >= c.out.len();
+        if (finished || c.peer_closed) && !c.driver.io_in_flight() {
+            let Some(mut c) = self.conns.remove(&token) else { return };
+            c.driver.close(now);
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            self.shared.conns.fetch_sub(1, Ordering::Relaxed);
+        } else if c.peer_closed {
+            // Wait for in-flight I/O to come back before dropping the driver.
+            c.driver.close(now);
+        }
+    }
+}

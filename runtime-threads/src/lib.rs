@@ -1,1 +1,302 @@
-//! The thread-per-connection runtime.
+//! # runtime-threads
+//!
+//! The simplest driver of the tgt-rs target: one thread per connection with a blocking
+//! socket and synchronous backing-store calls. A second, small thread per connection reads
+//! the socket so the connection thread can also wait for wake-ups (another session released
+//! one of its tasks, reinstatement, shutdown) and timers. All protocol and SCSI logic lives
+//! in [`iscsi_target::driver::Driver`]; this crate only moves bytes.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use iscsi_target::driver::DriverConfig;
+//! use iscsi_target::registry::Registry;
+//!
+//! let registry = Arc::new(Registry::new());
+//! let server = runtime_threads::Server::start(
+//!     registry,
+//!     DriverConfig::default(),
+//!     &["127.0.0.1:3260".parse().unwrap()],
+//! )?;
+//! // ... later:
+//! server.shutdown(std::time::Duration::from_secs(5));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use iscsi_proto::session::Timestamp;
+use iscsi_target::driver::{Driver, DriverConfig, InputStatus};
+use iscsi_target::registry::Registry;
+
+/// Bytes read from the socket at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// Read chunks queued between the reader thread and the connection thread.
+const READ_QUEUE: usize = 8;
+
+enum Msg {
+    Data(Vec<u8>),
+    Eof,
+    Wake,
+    Logout(u16),
+}
+
+struct Shared {
+    registry: Arc<Registry>,
+    cfg: DriverConfig,
+    epoch: Instant,
+    stop: AtomicBool,
+    conns: Mutex<HashMap<u64, SyncSender<Msg>>>,
+    next_id: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A running thread-per-connection target.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<SocketAddr> = self.listeners.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("Server").field("listening", &addrs).finish()
+    }
+}
+
+impl Server {
+    /// Listens on `portals` and serves `registry`. The registry's portal list is set to the
+    /// bound addresses (so port 0 works).
+    pub fn start(
+        registry: Arc<Registry>,
+        cfg: DriverConfig,
+        portals: &[SocketAddr],
+    ) -> io::Result<Server> {
+        let mut bound = Vec::new();
+        for p in portals {
+            let l = TcpListener::bind(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("listen on {p}: {e}")))?;
+            bound.push(l);
+        }
+        let addrs: Vec<SocketAddr> =
+            bound.iter().map(|l| l.local_addr()).collect::<io::Result<_>>()?;
+        registry.set_portals(addrs.clone());
+        let shared = Arc::new(Shared {
+            registry,
+            cfg,
+            epoch: Instant::now(),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        let mut listeners = Vec::new();
+        for (l, addr) in bound.into_iter().zip(addrs) {
+            let sh = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("listen-{addr}"))
+                .spawn(move || accept_loop(&sh, &l))?;
+            listeners.push((addr, h));
+        }
+        Ok(Server { shared, listeners })
+    }
+
+    /// The addresses listened on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// Connections currently open.
+    pub fn connection_count(&self) -> usize {
+        self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Stops accepting, asks every initiator to log out, waits up to `grace` for them, then
+    /// closes what is left and joins every thread. In-flight commands finish first: I/O runs
+    /// synchronously on the connection threads.
+    pub fn shutdown(self, grace: Duration) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for (addr, _) in &self.listeners {
+            // Unblock accept().
+            let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200));
+        }
+        for (_, h) in self.listeners {
+            let _ = h.join();
+        }
+        let secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX).max(1);
+        broadcast(&self.shared, || Msg::Logout(secs));
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !self.shared.conns.lock().map(|c| c.is_empty()).unwrap_or(true) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broadcast(&self.shared, || Msg::Eof);
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn broadcast(shared: &Shared, msg: impl Fn() -> Msg) {
+    let conns: Vec<SyncSender<Msg>> =
+        shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    for tx in conns {
+        let _ = tx.send(msg());
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, l: &TcpListener) {
+    loop {
+        let (stream, peer) = match l.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{peer}"))
+            .spawn(move || serve_connection(&sh, stream, peer));
+        match spawned {
+            Ok(h) => {
+                let mut t = shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+                t.retain(|h| !h.is_finished());
+                t.push(h);
+            }
+            Err(e) => log::warn!("cannot start a thread for {peer}: {e}"),
+        }
+    }
+}
+
+fn reader(mut s: TcpStream, tx: SyncSender<Msg>) {
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Msg::Eof);
+                return;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Msg::Data(buf)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (tx, rx) = mpsc::sync_channel::<Msg>(READ_QUEUE);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx.clone());
+    let read_half = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("{peer}: {e}");
+            shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return;
+        }
+    };
+    let rtx = tx.clone();
+    let reader = std::thread::Builder::new()
+        .name(format!("read-{peer}"))
+        .spawn(move || reader(read_half, rtx));
+    let wake_tx = tx.clone();
+    let wake: iscsi_target::registry::Wake = Arc::new(move || match wake_tx.try_send(Msg::Wake) {
+        Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+    });
+    drop(tx);
+    let mut driver = Driver::new(shared.registry.clone(), &shared.cfg, peer, local, shared.now(), wake);
+    run(shared, &mut driver, stream.try_clone().ok(), &rx);
+    driver.close(shared.now());
+    drop(driver);
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    // Drain so the reader can exit.
+    while let Ok(m) = rx.recv_timeout(Duration::from_millis(0)) {
+        drop(m);
+    }
+    drop(rx);
+    if let Ok(h) = reader {
+        let _ = h.join();
+    }
+}
+
+fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Msg>) {
+    let Some(mut out) = out else { return };
+    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut outbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let now = shared.now();
+        let msg = match d.poll_timeout() {
+            Some(t) if t <= now => {
+                d.handle_timeout(now);
+                None
+            }
+            Some(t) => match rx.recv_timeout(Duration::from_millis(t.as_millis() - now.as_millis())) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            },
+        };
+        let now = shared.now();
+        match msg {
+            Some(Msg::Data(bytes)) => {
+                if inbuf.is_empty() {
+                    inbuf = bytes;
+                } else {
+                    inbuf.extend_from_slice(&bytes);
+                }
+            }
+            Some(Msg::Eof) => return,
+            Some(Msg::Wake) => d.handle_wake(now),
+            Some(Msg::Logout(secs)) => d.request_logout(now, secs),
+            None => d.handle_timeout(now),
+        }
+        loop {
+            let st = d.handle_input(now, &mut inbuf);
+            d.run_io_inline(now);
+            outbuf.clear();
+            d.transmit_into(now, &mut outbuf);
+            if !outbuf.is_empty() && out.write_all(&outbuf).is_err() {
+                return;
+            }
+            match st {
+                InputStatus::Blocked => continue,
+                InputStatus::Closed => return,
+                InputStatus::NeedMore => {}
+            }
+            if d.is_closed() {
+                return;
+            }
+            break;
+        }
+    }
+}

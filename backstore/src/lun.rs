@@ -1,0 +1,287 @@
+//! Opening a LUN's store and engines from its configuration (`bstype`, path, size, block
+//! size, read-only), the way the daemon does.
+//!
+//! [`LunStore::open`] opens the store once; [`LunStore::engine`] then builds as many
+//! engines over it as the runtime wants (one per reactor, each with its own completion
+//! eventfd or waker), all sharing the same store.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::aio::{AioConfig, AioEngine};
+use crate::engine::{Engine, InlineEngine, Notify};
+use crate::error::{OpenError, OpenErrorKind};
+use crate::file::{FileStore, OpenOptions};
+use crate::memory::{MemoryStore, NullStore};
+use crate::rdwr::{RdwrConfig, RdwrEngine};
+use crate::store::BackingStore;
+
+/// The backing-store type of a LUN (`bstype` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BsType {
+    /// File or block device through the [`RdwrEngine`] thread pool.
+    Rdwr,
+    /// File or block device through [`AioEngine`], opened with `O_DIRECT`.
+    Aio,
+    /// A thin RAM disk ([`MemoryStore`]) run inline.
+    Memory,
+    /// [`NullStore`] run inline.
+    Null,
+}
+
+impl BsType {
+    /// The configuration spelling: `rdwr`, `aio`, `memory`, `null`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BsType::Rdwr => "rdwr",
+            BsType::Aio => "aio",
+            BsType::Memory => "memory",
+            BsType::Null => "null",
+        }
+    }
+}
+
+impl fmt::Display for BsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown `bstype` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBsType(pub String);
+
+impl fmt::Display for UnknownBsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown bstype {:?} (expected rdwr, aio, memory or null)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBsType {}
+
+impl FromStr for BsType {
+    type Err = UnknownBsType;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rdwr" => Ok(BsType::Rdwr),
+            "aio" => Ok(BsType::Aio),
+            "memory" => Ok(BsType::Memory),
+            "null" => Ok(BsType::Null),
+            _ => Err(UnknownBsType(s.to_owned())),
+        }
+    }
+}
+
+/// Engine tuning for [`LunStore::engine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// rdwr worker threads.
+    pub threads: usize,
+    /// aio depth (iocbs in the kernel).
+    pub depth: u32,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        Self {
+            threads: crate::rdwr::DEFAULT_THREADS,
+            depth: crate::aio::DEFAULT_DEPTH,
+        }
+    }
+}
+
+/// A LUN's opened store plus what is needed to build engines over it.
+#[derive(Clone)]
+pub struct LunStore {
+    bstype: BsType,
+    store: Arc<dyn BackingStore>,
+    file: Option<Arc<FileStore>>,
+}
+
+impl LunStore {
+    /// Open the store for `bstype`. File types need `path`; memory and null need
+    /// `opts.create_size` (their `path`, if any, is only a label). `aio` opens with
+    /// `O_DIRECT` and falls back to buffered I/O (with a warning) where the file system
+    /// refuses it.
+    pub fn open(
+        bstype: BsType,
+        path: Option<&Path>,
+        opts: &OpenOptions,
+    ) -> Result<Self, OpenError> {
+        let label = || path.map_or_else(|| Path::new("<memory>").to_path_buf(), Path::to_path_buf);
+        match bstype {
+            BsType::Rdwr | BsType::Aio => {
+                let Some(path) = path else {
+                    return Err(OpenError::new("<none>", OpenErrorKind::Os(libc::ENOENT)));
+                };
+                let file = if bstype == BsType::Aio && !opts.direct {
+                    let direct = OpenOptions {
+                        direct: true,
+                        ..opts.clone()
+                    };
+                    match FileStore::open(path, &direct) {
+                        Err(e) if e.kind == OpenErrorKind::DirectUnsupported => {
+                            log::warn!("{e}; aio falls back to buffered I/O");
+                            FileStore::open(path, opts)?
+                        }
+                        r => r?,
+                    }
+                } else {
+                    FileStore::open(path, opts)?
+                };
+                let file = Arc::new(file);
+                Ok(Self {
+                    bstype,
+                    store: file.clone(),
+                    file: Some(file),
+                })
+            }
+            BsType::Memory | BsType::Null => {
+                let size = opts.create_size.unwrap_or(0);
+                let store: Arc<dyn BackingStore> = if bstype == BsType::Memory {
+                    Arc::new(
+                        MemoryStore::with_options(size, opts.block_size, opts.read_only).map_err(
+                            |e| OpenError {
+                                path: label(),
+                                kind: e.kind,
+                            },
+                        )?,
+                    )
+                } else {
+                    Arc::new(
+                        NullStore::new(size, opts.block_size).map_err(|e| OpenError {
+                            path: label(),
+                            kind: e.kind,
+                        })?,
+                    )
+                };
+                Ok(Self {
+                    bstype,
+                    store,
+                    file: None,
+                })
+            }
+        }
+    }
+
+    /// The store type.
+    pub fn bstype(&self) -> BsType {
+        self.bstype
+    }
+
+    /// The store, for synchronous calls (thread-per-connection runtime) and geometry.
+    pub fn store(&self) -> &Arc<dyn BackingStore> {
+        &self.store
+    }
+
+    /// The file store, for `rdwr` and `aio`.
+    pub fn file(&self) -> Option<&Arc<FileStore>> {
+        self.file.as_ref()
+    }
+
+    /// A new engine over this store: rdwr pool, aio context, or inline for memory/null.
+    pub fn engine(&self, notify: Notify, tuning: EngineTuning) -> io::Result<Box<dyn Engine>> {
+        Ok(match (self.bstype, &self.file) {
+            (BsType::Aio, Some(file)) => Box::new(AioEngine::new(
+                file.clone(),
+                AioConfig {
+                    depth: tuning.depth,
+                    notify,
+                },
+            )?),
+            (BsType::Rdwr | BsType::Aio, _) => Box::new(RdwrEngine::new(
+                self.store.clone(),
+                RdwrConfig {
+                    threads: tuning.threads,
+                    notify,
+                },
+            )?),
+            (BsType::Memory | BsType::Null, _) => {
+                Box::new(InlineEngine::new(self.store.clone(), notify)?)
+            }
+        })
+    }
+}
+
+impl fmt::Debug for LunStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LunStore")
+            .field("bstype", &self.bstype)
+            .field("size", &self.store.size())
+            .field("block_size", &self.store.block_size())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::IoBuf;
+    use crate::engine::Request;
+
+    #[test]
+    fn bstype_parses_and_prints() {
+        for t in [BsType::Rdwr, BsType::Aio, BsType::Memory, BsType::Null] {
+            assert_eq!(t.as_str().parse::<BsType>(), Ok(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        let e = "rbd".parse::<BsType>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown bstype \"rbd\" (expected rdwr, aio, memory or null)"
+        );
+    }
+
+    #[test]
+    fn opens_every_type_and_builds_engines() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("lun.img");
+        let opts = OpenOptions {
+            create_size: Some(1 << 20),
+            block_size: 4096,
+            ..Default::default()
+        };
+        for t in [BsType::Rdwr, BsType::Aio, BsType::Memory, BsType::Null] {
+            let lun = LunStore::open(t, Some(&path), &opts).unwrap();
+            assert_eq!(lun.store().size(), 1 << 20);
+            assert_eq!(
+                lun.file().is_some(),
+                matches!(t, BsType::Rdwr | BsType::Aio)
+            );
+            let engine = lun
+                .engine(
+                    Notify::EventFd,
+                    EngineTuning {
+                        threads: 2,
+                        depth: 8,
+                    },
+                )
+                .unwrap();
+            let expected = match t {
+                BsType::Rdwr => "rdwr",
+                BsType::Aio => "aio",
+                _ => "inline",
+            };
+            assert_eq!(engine.name(), expected);
+            engine.submit(Request::write(1, IoBuf::from_slice(&[3; 4096]), 4096, true));
+            let mut out = Vec::new();
+            while out.is_empty() {
+                engine.wait_completions(Some(std::time::Duration::from_secs(1)));
+                engine.drain(&mut out);
+            }
+            assert_eq!(out[0].result, Ok(4096), "{t}");
+        }
+        let e = LunStore::open(BsType::Memory, None, &OpenOptions::default()).unwrap_err();
+        assert_eq!(e.kind, OpenErrorKind::Empty);
+        assert_eq!(e.to_string(), "<memory>: size is zero");
+        let e = LunStore::open(BsType::Rdwr, None, &opts).unwrap_err();
+        assert_eq!(e.kind, OpenErrorKind::Os(libc::ENOENT));
+    }
+}

@@ -1,0 +1,190 @@
+//! The [`BackingStore`] trait: positional block I/O, shared by every engine.
+//!
+//! A store is `Send + Sync` and every method takes `&self`, so one `Arc<dyn BackingStore>`
+//! serves a thread-per-connection runtime (which calls these methods directly, blocking)
+//! and any number of engine threads at once.
+
+use crate::error::StoreError;
+
+/// The allocation state of the extent that starts at an offset (GET LBA STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbaStatus {
+    /// Whether the extent holds data (`true`) or is deallocated and reads as zeroes.
+    pub mapped: bool,
+    /// Length of the extent in bytes, a multiple of the block size, clamped at the end of
+    /// the store.
+    pub len: u64,
+}
+
+/// Positional block I/O on one logical unit's storage.
+///
+/// Offsets and lengths are bytes. Every method first checks that the range lies inside
+/// [`size`](Self::size) and returns [`StoreError::OUT_OF_RANGE`] otherwise; writes to a
+/// read-only store return [`StoreError::READ_ONLY`].
+pub trait BackingStore: Send + Sync {
+    /// Size in bytes (a multiple of [`block_size`](Self::block_size)).
+    fn size(&self) -> u64;
+
+    /// Logical block size in bytes.
+    fn block_size(&self) -> u32;
+
+    /// Whether writes, unmaps and zeroing are refused.
+    fn is_read_only(&self) -> bool;
+
+    /// Whether [`unmap`](Self::unmap) deallocates (thin provisioning) rather than only
+    /// writing zeroes. Unmapped ranges always read back as zeroes.
+    fn is_thin(&self) -> bool;
+
+    /// Granularity in bytes at which [`unmap`](Self::unmap) really deallocates (a range
+    /// smaller than this, or its unaligned edges, is zeroed but stays mapped).
+    fn unmap_granularity(&self) -> u64 {
+        u64::from(self.block_size())
+    }
+
+    /// Fill `buf` from `offset`. Returns `buf.len()` on success.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError>;
+
+    /// Write `buf` at `offset`; with `fua` the data is durable before this returns.
+    /// Returns `buf.len()` on success.
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError>;
+
+    /// Make every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Deallocate `len` bytes at `offset` where possible; the range reads as zeroes after.
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.write_zeroes(offset, len)
+    }
+
+    /// Write zeroes over `len` bytes at `offset` (WRITE SAME with a zero block).
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        check_writable(self)?;
+        check_range(offset, len, self.size())?;
+        write_zeroes_by_writing(offset, len, |chunk, off| {
+            self.write_at(chunk, off, false).map(drop)
+        })
+    }
+
+    /// Whether the extent starting at `offset` is mapped, and how long it is.
+    fn lba_status(&self, offset: u64) -> Result<LbaStatus, StoreError> {
+        check_range(offset, 1, self.size())?;
+        Ok(LbaStatus {
+            mapped: true,
+            len: self.size() - offset,
+        })
+    }
+
+    /// Serve a read without blocking, if the store can do so right now (for a file: the
+    /// data is in the page cache, `preadv2(RWF_NOWAIT)`). `None` means "would block: submit
+    /// it to an engine instead"; `Some` is the final result.
+    fn try_read_cached(&self, buf: &mut [u8], offset: u64) -> Option<Result<usize, StoreError>> {
+        let _ = (buf, offset);
+        None
+    }
+}
+
+/// `OUT_OF_RANGE` unless `offset..offset+len` lies inside `0..size`.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), StoreError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(StoreError::OUT_OF_RANGE),
+    }
+}
+
+/// `READ_ONLY` if the store refuses writes.
+pub(crate) fn check_writable<S: BackingStore + ?Sized>(store: &S) -> Result<(), StoreError> {
+    if store.is_read_only() {
+        Err(StoreError::READ_ONLY)
+    } else {
+        Ok(())
+    }
+}
+
+/// 64 KiB of zeroes, page-aligned so `O_DIRECT` writes can use it.
+#[repr(C, align(4096))]
+struct Zeroes([u8; 65536]);
+static ZEROES: Zeroes = Zeroes([0; 65536]);
+
+/// Zero a range by writing from a static zero buffer in 64 KiB pieces.
+pub(crate) fn write_zeroes_by_writing(
+    offset: u64,
+    len: u64,
+    mut write: impl FnMut(&[u8], u64) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(ZEROES.0.len() as u64) as usize;
+        write(&ZEROES.0[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn block_size(&self) -> u32 {
+        (**self).block_size()
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
+    }
+    fn is_thin(&self) -> bool {
+        (**self).is_thin()
+    }
+    fn unmap_granularity(&self) -> u64 {
+        (**self).unmap_granularity()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError> {
+        (**self).write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        (**self).unmap(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        (**self).write_zeroes(offset, len)
+    }
+    fn lba_status(&self, offset: u64) -> Result<LbaStatus, StoreError> {
+        (**self).lba_status(offset)
+    }
+    fn try_read_cached(&self, buf: &mut [u8], offset: u64) -> Option<Result<usize, StoreError>> {
+        (**self).try_read_cached(buf, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks() {
+        assert_eq!(check_range(0, 4096, 4096), Ok(()));
+        assert_eq!(check_range(4096, 0, 4096), Ok(()));
+        assert_eq!(check_range(512, 4096, 4096), Err(StoreError::OUT_OF_RANGE));
+        assert_eq!(
+            check_range(u64::MAX, 2, u64::MAX),
+            Err(StoreError::OUT_OF_RANGE)
+        );
+        assert_eq!(check_range(4097, 0, 4096), Err(StoreError::OUT_OF_RANGE));
+    }
+
+    #[test]
+    fn zero_writer_covers_range_in_pieces() {
+        let mut calls = Vec::new();
+        write_zeroes_by_writing(100, 65536 * 2 + 10, |b, off| {
+            assert!(b.iter().all(|&x| x == 0));
+            calls.push((off, b.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, vec![(100, 65536), (65636, 65536), (131172, 10)]);
+        assert_eq!(ZEROES.0.as_ptr() as usize % 4096, 0);
+    }
+}

@@ -1,0 +1,185 @@
+//! Test helpers for code built on this crate: a store wrapper that counts calls, injects
+//! errors and slows operations down.
+//!
+//! [`InstrumentedStore`] wraps any [`BackingStore`] and records how many times each
+//! operation ran (to observe that FUA and flush reach the store), can fail chosen
+//! operations with a chosen errno (to exercise EIO / ENOSPC paths) and can delay every
+//! operation (to keep requests in flight during shutdown tests).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::engine::Op;
+use crate::error::StoreError;
+use crate::store::{BackingStore, LbaStatus};
+
+/// Calls seen by an [`InstrumentedStore`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// `read_at` calls.
+    pub reads: u64,
+    /// `write_at` calls.
+    pub writes: u64,
+    /// `write_at` calls with `fua`.
+    pub fua_writes: u64,
+    /// `flush` calls.
+    pub flushes: u64,
+    /// `unmap` calls.
+    pub unmaps: u64,
+    /// `write_zeroes` calls.
+    pub zeroes: u64,
+    /// `lba_status` calls.
+    pub lba_status: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    op: Op,
+    /// Fail only requests whose range contains this offset (`None`: all).
+    at: Option<u64>,
+    errno: i32,
+}
+
+/// A wrapper that counts, fails and delays operations of an inner store.
+#[derive(Debug)]
+pub struct InstrumentedStore<S> {
+    inner: S,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    fua_writes: AtomicU64,
+    flushes: AtomicU64,
+    unmaps: AtomicU64,
+    zeroes: AtomicU64,
+    lba: AtomicU64,
+    faults: Mutex<Vec<Fault>>,
+    delay: Mutex<Duration>,
+}
+
+impl<S: BackingStore> InstrumentedStore<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            fua_writes: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+            zeroes: AtomicU64::new(0),
+            lba: AtomicU64::new(0),
+            faults: Mutex::new(Vec::new()),
+            delay: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Calls so far.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            reads: self.reads.load(Ordering::SeqCst),
+            writes: self.writes.load(Ordering::SeqCst),
+            fua_writes: self.fua_writes.load(Ordering::SeqCst),
+            flushes: self.flushes.load(Ordering::SeqCst),
+            unmaps: self.unmaps.load(Ordering::SeqCst),
+            zeroes: self.zeroes.load(Ordering::SeqCst),
+            lba_status: self.lba.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Fail every `op` whose range contains `at` (or every `op` when `None`) with `errno`.
+    pub fn fail(&self, op: Op, at: Option<u64>, errno: i32) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Fault { op, at, errno });
+    }
+
+    /// Remove every injected fault.
+    pub fn clear_faults(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Sleep this long in every operation before running it.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    fn enter(&self, op: Op, offset: u64, len: u64) -> Result<(), StoreError> {
+        let delay = *self.delay.lock().unwrap_or_else(|e| e.into_inner());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        for f in faults.iter() {
+            let hit = match f.at {
+                None => true,
+                Some(at) => at >= offset && at < offset.saturating_add(len.max(1)),
+            };
+            if f.op == op && hit {
+                return Err(StoreError::from_errno(f.errno));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: BackingStore> BackingStore for InstrumentedStore<S> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+    fn is_thin(&self) -> bool {
+        self.inner.is_thin()
+    }
+    fn unmap_granularity(&self) -> u64 {
+        self.inner.unmap_granularity()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.enter(Op::Read, offset, buf.len() as u64)?;
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if fua {
+            self.fua_writes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.enter(Op::Write, offset, buf.len() as u64)?;
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.enter(Op::Flush, 0, u64::MAX)?;
+        self.inner.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.unmaps.fetch_add(1, Ordering::SeqCst);
+        self.enter(Op::Unmap, offset, len)?;
+        self.inner.unmap(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.zeroes.fetch_add(1, Ordering::SeqCst);
+        self.enter(Op::WriteZeroes, offset, len)?;
+        self.inner.write_zeroes(offset, len)
+    }
+    fn lba_status(&self, offset: u64) -> Result<LbaStatus, StoreError> {
+        self.lba.fetch_add(1, Ordering::SeqCst);
+        self.enter(Op::LbaStatus, offset, 1)?;
+        self.inner.lba_status(offset)
+    }
+    // `try_read_cached` keeps the default (`None`): every read goes through `read_at`, so
+    // counts and faults see it.
+}

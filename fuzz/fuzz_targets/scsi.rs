@@ -1,0 +1,127 @@
+//! Arbitrary CDBs and parameter lists through a `Target` with a thin, a removable and a
+//! read-only LU: nothing may panic, every command must finish.
+//!
+//! Input: a sequence of records `[lun, flags, exp_hi, exp_lo, cdb_len, cdb..., plen_hi,
+//! plen_lo, param...]`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use scsi_core::{
+    Action, DataDirection, IoOp, IoResult, LogicalUnit, Lun, LuConfig, NexusId, TaskAttr,
+    TaskTag, Target, UnmapRanges, VerifyMode,
+};
+
+type T = Target<4, 8, 2>;
+
+fn take<'a>(d: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let n = n.min(d.len());
+    let (a, b) = d.split_at(n);
+    *d = b;
+    a
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut t = T::new();
+    let _ = t.add_lun(0, LogicalUnit::new(LuConfig::new(64).thin(true)));
+    let _ = t.add_lun(1, LogicalUnit::new(LuConfig::new(32).removable(true)));
+    let _ = t.add_lun(2, LogicalUnit::new(LuConfig::new(16).read_only(true)));
+    let mut d = data;
+    let mut tag = 0u32;
+    let mut pending: Vec<(Lun, scsi_core::TaskId)> = Vec::new();
+    while d.len() >= 5 {
+        let h = take(&mut d, 5);
+        let lun = Lun::from_number(u16::from(h[0] & 0x03));
+        let flags = h[1];
+        let expected = u32::from(u16::from_be_bytes([h[2], h[3]]));
+        let cdb = take(&mut d, usize::from(h[4] & 0x3F));
+        let pl = take(&mut d, 2);
+        let plen = if pl.len() == 2 {
+            usize::from(u16::from_be_bytes([pl[0], pl[1]])) & 0x0FFF
+        } else {
+            0
+        };
+        let mut param = take(&mut d, plen).to_vec();
+        param.resize(expected as usize, 0);
+        tag = tag.wrapping_add(1);
+        let nexus = NexusId(u32::from(flags & 1));
+        let attr = match (flags >> 1) & 3 {
+            0 => TaskAttr::Simple,
+            1 => TaskAttr::Ordered,
+            2 => TaskAttr::HeadOfQueue,
+            _ => TaskAttr::Aca,
+        };
+        if t
+            .submit(lun, nexus, TaskTag(tag), cdb, DataDirection::Write, expected, attr)
+            .is_err()
+        {
+            continue;
+        }
+        if flags & 0x40 != 0 {
+            // Abort something at a random point.
+            let id = scsi_core::TaskId { nexus, tag: TaskTag(tag.wrapping_sub(1)) };
+            let _ = t.abort_task(lun, id);
+        }
+        if flags & 0x80 != 0 {
+            let _ = t.lu_reset(lun);
+        }
+        // Drive every action; I/O completes at once except every other one, which is
+        // completed after the loop (out of order).
+        let mut defer = flags & 0x20 != 0;
+        while let Some(a) = t.poll_action() {
+            let lun = a.lun;
+            match a.action {
+                Action::NeedDataOut { task, len } => {
+                    assert!(len <= expected);
+                    let _ = t.data_out_ready(lun, task, &param[..len as usize]);
+                }
+                Action::DataIn { task, len } => {
+                    let mut buf = vec![0u8; len as usize];
+                    let n = t.emit_data_in(lun, task, &mut buf).unwrap_or(0);
+                    assert!(n <= len as usize);
+                }
+                Action::Io(io) => {
+                    assert!(io.lba.saturating_add(io.blocks) <= 64 || io.op == IoOp::Flush);
+                    if defer {
+                        defer = false;
+                        pending.push((lun, io.task));
+                        continue;
+                    }
+                    let n = (io.byte_len() as usize).min(1 << 20);
+                    match io.op {
+                        IoOp::Verify { mode } if mode != VerifyMode::Medium => {
+                            let read = vec![0u8; n];
+                            let _ = t.compare_data(lun, io.task, &read, &param);
+                        }
+                        IoOp::CompareAndWrite => {
+                            let read = vec![0u8; n];
+                            let _ = t.compare_data(lun, io.task, &read, &param[..n.min(param.len())]);
+                        }
+                        IoOp::LbaStatus => {
+                            let _ = t.lba_status_result(lun, io.task, flags & 4 != 0, u64::from(flags));
+                        }
+                        IoOp::Unmap { .. } => {
+                            for (lba, n) in UnmapRanges::new(&param) {
+                                assert!(lba.saturating_add(u64::from(n)) <= 64);
+                            }
+                            let _ = t.complete_io(lun, io.task, IoResult::Ok);
+                        }
+                        _ => {
+                            let r = if flags & 8 != 0 { IoResult::WriteError } else { IoResult::Ok };
+                            let _ = t.complete_io(lun, io.task, r);
+                        }
+                    }
+                }
+                Action::Complete { .. } => {}
+            }
+        }
+    }
+    for (lun, task) in pending.drain(..) {
+        let _ = t.complete_io(lun, task, IoResult::Ok);
+        while let Some(a) = t.poll_action() {
+            if let Action::DataIn { task, len } = a.action {
+                let mut buf = vec![0u8; len as usize];
+                let _ = t.emit_data_in(a.lun, task, &mut buf);
+            }
+        }
+    }
+});

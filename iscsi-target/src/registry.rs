@@ -1,0 +1,533 @@
+//! The target registry: targets, their LUNs, access rules and CHAP accounts, the portals
+//! SendTargets reports, and the session table (TSIH allocation, I_T nexus identities,
+//! session reinstatement). One `Registry` is shared by every reactor or connection thread;
+//! its locks are held only for short lookups and updates.
+//!
+//! SCSI state (tasks, unit attentions, reservations) lives in one [`ScsiTarget`] per target,
+//! behind that target's mutex. Actions that scsi-core produces for another session's tasks
+//! (an ORDERED task released by someone else's completion, say) are routed to the owning
+//! session's mailbox and its waker is called: see [`TargetNode::drain_actions`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use backstore::BackingStore;
+use scsi_core::{Action, LuConfig, LogicalUnit, Lun, NexusId, TargetAction, TargetError};
+
+use crate::acl::InitiatorRule;
+
+/// LUNs per target.
+pub const MAX_LUNS: usize = 64;
+/// Tasks per logical unit (all sessions together).
+pub const MAX_TASKS: usize = 256;
+/// I_T nexuses (sessions) per logical unit.
+pub const MAX_NEXUS: usize = 64;
+
+/// The SCSI side of one target.
+pub type ScsiTarget = scsi_core::Target<MAX_LUNS, MAX_TASKS, MAX_NEXUS>;
+
+/// Wakes the connection that owns a nexus (a reactor `Waker`, a channel send, ...).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Per-LUN I/O counters (`tgt-cli stats`).
+#[derive(Debug, Default)]
+pub struct LunStats {
+    /// Read commands completed.
+    pub read_ops: AtomicU64,
+    /// Write commands completed.
+    pub write_ops: AtomicU64,
+    /// Bytes read.
+    pub read_bytes: AtomicU64,
+    /// Bytes written.
+    pub write_bytes: AtomicU64,
+    /// Sum of I/O latencies in microseconds.
+    pub latency_us: AtomicU64,
+}
+
+/// Describes a LUN for `show` commands and config save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunInfo {
+    /// LUN number.
+    pub number: u16,
+    /// `rdwr`, `aio`, `memory` or `null`.
+    pub bstype: String,
+    /// Backing path or label.
+    pub path: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size.
+    pub block_size: u32,
+    /// Write protected.
+    pub readonly: bool,
+    /// Removable medium.
+    pub removable: bool,
+    /// Thin provisioned.
+    pub thin: bool,
+}
+
+/// A LUN's storage.
+pub struct LunBackend {
+    /// Description.
+    pub info: LunInfo,
+    /// The store.
+    pub store: Arc<dyn BackingStore>,
+    /// Counters.
+    pub stats: LunStats,
+}
+
+impl std::fmt::Debug for LunBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LunBackend").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// CHAP settings of a target.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TargetAuth {
+    /// Incoming users (name, secret): the initiator must authenticate as one of them.
+    pub incoming: Vec<(String, String)>,
+    /// Outgoing user (name, secret) for mutual CHAP.
+    pub outgoing: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for TargetAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: Vec<&str> = self.incoming.iter().map(|(u, _)| u.as_str()).collect();
+        f.debug_struct("TargetAuth")
+            .field("incoming", &users)
+            .field("outgoing", &self.outgoing.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+struct ScsiShared {
+    scsi: Box<ScsiTarget>,
+    mail: HashMap<NexusId, (VecDeque<TargetAction>, Option<Wake>)>,
+}
+
+/// One target.
+pub struct TargetNode {
+    /// Target id.
+    pub tid: u32,
+    /// iSCSI name.
+    pub name: String,
+    acl: RwLock<Vec<InitiatorRule>>,
+    auth: RwLock<TargetAuth>,
+    scsi: Mutex<ScsiShared>,
+    luns: RwLock<Vec<Arc<LunBackend>>>,
+}
+
+impl std::fmt::Debug for TargetNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetNode").field("tid", &self.tid).field("name", &self.name).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn task_of(a: &Action) -> scsi_core::TaskId {
+    match *a {
+        Action::Io(r) => r.task,
+        Action::NeedDataOut { task, .. }
+        | Action::DataIn { task, .. }
+        | Action::Complete { task, .. } => task,
+    }
+}
+
+/// The SCSI target of a [`TargetNode`], locked; see [`TargetNode::scsi`].
+pub struct ScsiGuard<'a> {
+    inner: MutexGuard<'a, ScsiShared>,
+}
+
+impl ScsiGuard<'_> {
+    /// The scsi-core target.
+    pub fn target(&mut self) -> &mut ScsiTarget {
+        &mut self.inner.scsi
+    }
+
+    /// Drains every action scsi-core has ready: those of `me` go to `mine`, the others to
+    /// their owners' mailboxes, and the owners' wakers are called (they must not block).
+    pub fn drain_actions(&mut self, me: NexusId, mine: &mut VecDeque<TargetAction>) {
+        let mut woken: Vec<Wake> = Vec::new();
+        let shared = &mut *self.inner;
+        while let Some(a) = shared.scsi.poll_action() {
+            let owner = task_of(&a.action).nexus;
+            if owner == me {
+                mine.push_back(a);
+                continue;
+            }
+            match shared.mail.get_mut(&owner) {
+                Some((q, wake)) => {
+                    q.push_back(a);
+                    if let Some(w) = wake.take() {
+                        woken.push(w.clone());
+                        *wake = Some(w);
+                    }
+                }
+                // The owner is gone: nobody will ever answer this action. Let scsi-core
+                // finish it so the task slot is freed.
+                None => finish_orphan(&mut shared.scsi, a),
+            }
+        }
+        // Take what others left in our mailbox, too.
+        if let Some((q, _)) = shared.mail.get_mut(&me) {
+            mine.extend(q.drain(..));
+        }
+        for w in woken {
+            w();
+        }
+    }
+}
+
+fn finish_orphan(scsi: &mut ScsiTarget, a: TargetAction) {
+    use scsi_core::IoResult;
+    match a.action {
+        Action::Io(r) => {
+            let _ = scsi.complete_io(a.lun, r.task, IoResult::NotReady);
+        }
+        Action::NeedDataOut { task, .. } | Action::DataIn { task, .. } => {
+            let _ = scsi.abort_task(a.lun, task);
+        }
+        Action::Complete { .. } => {}
+    }
+}
+
+impl TargetNode {
+    /// A target with no LUNs.
+    pub fn new(tid: u32, name: &str) -> TargetNode {
+        TargetNode {
+            tid,
+            name: name.to_string(),
+            acl: RwLock::new(Vec::new()),
+            auth: RwLock::new(TargetAuth::default()),
+            scsi: Mutex::new(ScsiShared { scsi: Box::default(), mail: HashMap::new() }),
+            luns: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Locks the SCSI state. Hold it only for scsi-core calls, never across I/O.
+    pub fn scsi(&self) -> ScsiGuard<'_> {
+        ScsiGuard { inner: lock(&self.scsi) }
+    }
+
+    /// Registers a session's nexus: scsi-core learns it (POWER ON unit attention) and
+    /// actions for it are routed to its mailbox, calling `wake`.
+    pub fn attach_nexus(&self, nexus: NexusId, wake: Option<Wake>) -> Result<(), scsi_core::NexusError> {
+        let mut g = lock(&self.scsi);
+        g.scsi.add_nexus(nexus)?;
+        g.mail.insert(nexus, (VecDeque::new(), wake));
+        Ok(())
+    }
+
+    /// The nexus is gone (logout, connection loss): scsi-core drops its tasks and
+    /// nexus-scoped state.
+    pub fn detach_nexus(&self, nexus: NexusId) {
+        let mut g = lock(&self.scsi);
+        g.mail.remove(&nexus);
+        let _ = g.scsi.remove_nexus(nexus);
+        // Tasks it released may belong to others.
+        let mut none = VecDeque::new();
+        let mut guard = ScsiGuard { inner: g };
+        guard.drain_actions(nexus, &mut none);
+    }
+
+    /// Adds a LUN backed by `backend`, configured by `cfg`.
+    pub fn add_lun(&self, backend: LunBackend, cfg: LuConfig) -> Result<(), TargetError> {
+        let number = backend.info.number;
+        let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&self.scsi);
+        let mut lu = LogicalUnit::new(cfg);
+        lu.set_scsi_name(&self.name);
+        g.scsi.add_lun(number, lu)?;
+        luns.push(Arc::new(backend));
+        luns.sort_by_key(|l| l.info.number);
+        Ok(())
+    }
+
+    /// Removes a LUN.
+    pub fn remove_lun(&self, number: u16) -> Result<(), TargetError> {
+        let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        lock(&self.scsi).scsi.remove_lun(number)?;
+        luns.retain(|l| l.info.number != number);
+        Ok(())
+    }
+
+    /// The backend of a LUN (by the LUN field of a command).
+    pub fn backend(&self, lun: Lun) -> Option<Arc<LunBackend>> {
+        let n = lun.number()?;
+        let luns = self.luns.read().unwrap_or_else(|e| e.into_inner());
+        luns.iter().find(|l| l.info.number == n).cloned()
+    }
+
+    /// All LUN backends, by number.
+    pub fn backends(&self) -> Vec<Arc<LunBackend>> {
+        self.luns.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the access rules.
+    pub fn set_acl(&self, rules: Vec<InitiatorRule>) {
+        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = rules;
+    }
+
+    /// The access rules.
+    pub fn acl(&self) -> Vec<InitiatorRule> {
+        self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether an initiator at `addr` named `name` may use this target.
+    pub fn allows(&self, addr: IpAddr, name: &str) -> bool {
+        let acl = self.acl.read().unwrap_or_else(|e| e.into_inner());
+        acl.iter().any(|r| r.matches(addr, name))
+    }
+
+    /// Replaces the CHAP settings.
+    pub fn set_auth(&self, auth: TargetAuth) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = auth;
+    }
+
+    /// The CHAP settings.
+    pub fn auth(&self) -> TargetAuth {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A logged-in session, as the session table knows it.
+#[derive(Clone)]
+pub struct SessionRecord {
+    /// TSIH.
+    pub tsih: u16,
+    /// Initiator name.
+    pub initiator: String,
+    /// ISID.
+    pub isid: [u8; 6],
+    /// Target id (0 for discovery sessions).
+    pub tid: u32,
+    /// The I_T nexus.
+    pub nexus: NexusId,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Asks the session's connection to close (reinstatement, forced delete, shutdown).
+    pub kill: Option<Wake>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("tsih", &self.tsih)
+            .field("initiator", &self.initiator)
+            .field("tid", &self.tid)
+            .field("nexus", &self.nexus)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_tsih: HashMap<u16, SessionRecord>,
+    next_tsih: u16,
+    /// I_T nexus ids by (initiator name, ISID, tid): the same initiator port reaching the same
+    /// target is the same nexus, across reinstatement.
+    nexus_ids: HashMap<(String, [u8; 6], u32), NexusId>,
+}
+
+/// Everything the daemon serves.
+pub struct Registry {
+    targets: RwLock<Vec<Arc<TargetNode>>>,
+    portals: RwLock<Vec<SocketAddr>>,
+    sessions: Mutex<Sessions>,
+    next_nexus: AtomicU32,
+    /// Target portal group tag reported in SendTargets.
+    pub tpgt: u16,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("targets", &self.targets()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+/// Registry errors (admin requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// A target with this tid exists.
+    DuplicateTid(u32),
+    /// A target with this name exists.
+    DuplicateName(String),
+    /// No target with this tid.
+    NoSuchTarget(u32),
+    /// The target has sessions.
+    Busy(u32),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::DuplicateTid(t) => write!(f, "tid {t} is already used"),
+            RegistryError::DuplicateName(n) => write!(f, "target name {n:?} is already used"),
+            RegistryError::NoSuchTarget(t) => write!(f, "no target with tid {t}"),
+            RegistryError::Busy(t) => write!(f, "target {t} has sessions"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry {
+            targets: RwLock::new(Vec::new()),
+            portals: RwLock::new(Vec::new()),
+            sessions: Mutex::new(Sessions { next_tsih: 1, ..Sessions::default() }),
+            next_nexus: AtomicU32::new(1),
+            tpgt: 1,
+        }
+    }
+
+    /// Adds a target.
+    pub fn add_target(&self, node: TargetNode) -> Result<Arc<TargetNode>, RegistryError> {
+        let mut t = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        if t.iter().any(|x| x.tid == node.tid) {
+            return Err(RegistryError::DuplicateTid(node.tid));
+        }
+        if t.iter().any(|x| x.name.eq_ignore_ascii_case(&node.name)) {
+            return Err(RegistryError::DuplicateName(node.name));
+        }
+        let node = Arc::new(node);
+        t.push(node.clone());
+        t.sort_by_key(|x| x.tid);
+        Ok(node)
+    }
+
+    /// Removes a target (refused while it has sessions unless `force`).
+    pub fn remove_target(&self, tid: u32, force: bool) -> Result<Arc<TargetNode>, RegistryError> {
+        if !force && self.sessions().iter().any(|s| s.tid == tid) {
+            return Err(RegistryError::Busy(tid));
+        }
+        let mut t = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        let pos = t.iter().position(|x| x.tid == tid).ok_or(RegistryError::NoSuchTarget(tid))?;
+        Ok(t.remove(pos))
+    }
+
+    /// All targets, by tid.
+    pub fn targets(&self) -> Vec<Arc<TargetNode>> {
+        self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A target by tid.
+    pub fn target(&self, tid: u32) -> Option<Arc<TargetNode>> {
+        self.targets().into_iter().find(|t| t.tid == tid)
+    }
+
+    /// A target by iSCSI name (case-insensitive).
+    pub fn target_by_name(&self, name: &str) -> Option<Arc<TargetNode>> {
+        self.targets().into_iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Sets the portals SendTargets reports.
+    pub fn set_portals(&self, portals: Vec<SocketAddr>) {
+        *self.portals.write().unwrap_or_else(|e| e.into_inner()) = portals;
+    }
+
+    /// The portals.
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.portals.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The nexus id of an initiator port (name + ISID) on a target, allocated on first use.
+    pub fn nexus_for(&self, initiator: &str, isid: [u8; 6], tid: u32) -> NexusId {
+        let mut s = lock(&self.sessions);
+        let key = (initiator.to_ascii_lowercase(), isid, tid);
+        *s.nexus_ids
+            .entry(key)
+            .or_insert_with(|| NexusId(self.next_nexus.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// Allocates a TSIH for a new session (not yet registered).
+    pub fn allocate_tsih_any(&self) -> Option<u16> {
+        let mut s = lock(&self.sessions);
+        for _ in 0..=u16::MAX {
+            let t = s.next_tsih;
+            s.next_tsih = s.next_tsih.wrapping_add(1).max(1);
+            if t != 0 && !s.by_tsih.contains_key(&t) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Session reinstatement (RFC 7143 section 6.3.5): a new session `tsih` of the same
+    /// initiator port on the same target replaces the old ones, whose connections are asked
+    /// to close.
+    pub fn reinstate(&self, initiator: &str, isid: [u8; 6], tid: u32, tsih: u16) {
+        let mut s = lock(&self.sessions);
+        let old: Vec<u16> = s
+            .by_tsih
+            .values()
+            .filter(|r| {
+                r.tsih != tsih
+                    && r.isid == isid
+                    && r.tid == tid
+                    && r.initiator.eq_ignore_ascii_case(initiator)
+            })
+            .map(|r| r.tsih)
+            .collect();
+        for t in old {
+            if let Some(r) = s.by_tsih.remove(&t) {
+                log::info!("reinstating session tsih {t} of {initiator} as tsih {tsih}");
+                if let Some(k) = r.kill {
+                    k();
+                }
+            }
+        }
+    }
+
+    /// Records a logged-in session.
+    pub fn register_session(&self, rec: SessionRecord) {
+        lock(&self.sessions).by_tsih.insert(rec.tsih, rec);
+    }
+
+    /// Forgets a session (only if `nexus` still owns the TSIH).
+    pub fn unregister_session(&self, tsih: u16, nexus: NexusId, peer: SocketAddr) {
+        let mut s = lock(&self.sessions);
+        if s.by_tsih.get(&tsih).is_some_and(|r| r.nexus == nexus && r.peer == peer) {
+            s.by_tsih.remove(&tsih);
+        }
+    }
+
+    /// Whether a session with this TSIH exists for the initiator port.
+    pub fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
+        lock(&self.sessions)
+            .by_tsih
+            .get(&tsih)
+            .is_some_and(|r| r.isid == isid && r.initiator.eq_ignore_ascii_case(initiator))
+    }
+
+    /// The sessions, by TSIH.
+    pub fn sessions(&self) -> Vec<SessionRecord> {
+        let mut v: Vec<SessionRecord> = lock(&self.sessions).by_tsih.values().cloned().collect();
+        v.sort_by_key(|r| r.tsih);
+        v
+    }
+
+    /// Asks every session of `tid` (all sessions when `None`) to close.
+    pub fn kill_sessions(&self, tid: Option<u32>) {
+        let recs = self.sessions();
+        for r in recs.into_iter().filter(|r| tid.is_none_or(|t| t == r.tid)) {
+            if let Some(k) = r.kill {
+                k();
+            }
+        }
+    }
+}

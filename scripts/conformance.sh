@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs libiscsi's conformance suite (../shared/conformance) against this target, the way
+# ../shared/conformance/README.md lays it out: one target with three LUNs
+#   LUN 1: thin, writable (whole suite; reached twice for the MultipathIO tests)
+#   LUN 2: read-only      (SCSI.ReadOnly only)
+#   LUN 3: removable      (whole suite)
+# and prints the merged summary; the last line is passed=N failed=N notimpl=N skipped=N total=N.
+#
+#   scripts/conformance.sh [mio|threads] [OUTDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runtime=${1:-mio}
+out=${2:-target/conformance-$runtime}
+shared=${SHARED_DIR:-../shared}
+conf="$shared/conformance"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+cargo build --release -p tgt-cli >/dev/null
+bin=${CARGO_TARGET_DIR:-target}/release/tgt-cli
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+iqn=iqn.2026-11.org.tgt-rs:conformance
+rm -f "$out"/lun*.img
+cat >"$out/target.toml" <<TOML
+[daemon]
+listen = ["127.0.0.1:$port"]
+runtime = "$runtime"
+reactors = 2
+
+[[target]]
+tid = 1
+name = "$iqn"
+initiators = ["ALL"]
+
+[[target.lun]]
+lun = 1
+backing_store = "$out/lun1.img"
+size = "256M"
+thin = true
+
+[[target.lun]]
+lun = 2
+backing_store = "$out/lun2.img"
+size = "64M"
+readonly = true
+
+[[target.lun]]
+lun = 3
+backing_store = "$out/lun3.img"
+size = "64M"
+removable = true
+TOML
+# The read-only LUN's file must exist before start (a read-only LUN is never created).
+truncate -s 64M "$out/lun2.img"
+
+"$bin" daemon --config "$out/target.toml" >"$out/daemon.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    if (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null; then break; fi
+    sleep 0.1
+done
+
+url=iscsi://127.0.0.1:$port/$iqn
+"$conf/run-libiscsi.sh" "$out/thin" "$url/1" "$url/1" | tail -1
+SUITE_TESTS=SCSI.ReadOnly "$conf/run-libiscsi.sh" "$out/readonly" "$url/2" | tail -1
+"$conf/run-libiscsi.sh" "$out/removable" "$url/3" | tail -1
+
+kill -TERM $pid
+wait $pid && echo "daemon exited 0 on SIGTERM" || echo "daemon exit status $?"
+trap - EXIT
+echo "merged ($runtime):"
+python3 "$conf/summarize.py" "$out/thin/suite.log" "$out/readonly/suite.log" "$out/removable/suite.log"

@@ -1,0 +1,341 @@
+//! A SCSI target device: up to `LUNS` logical units addressed by LUN number, REPORT LUNS,
+//! and the answers for LUNs that do not exist.
+
+use core::fmt;
+
+use crate::lu::LogicalUnit;
+use crate::lun::Lun;
+use crate::types::*;
+
+/// An action of one of the target's logical units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct TargetAction {
+    /// The LUN the task was submitted to (as the runtime passed it).
+    pub lun: Lun,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Errors of LUN table management.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetError {
+    /// All `LUNS` slots are used.
+    TableFull,
+    /// The LUN number is already used.
+    LunExists,
+    /// The LUN number is above 16383.
+    InvalidLun,
+    /// No LU with this number.
+    NoSuchLun,
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetError::TableFull => "LUN table full",
+            TargetError::LunExists => "LUN already exists",
+            TargetError::InvalidLun => "LUN number out of range (0..=16383)",
+            TargetError::NoSuchLun => "no such LUN",
+        })
+    }
+}
+
+impl core::error::Error for TargetError {}
+
+/// A target holding logical units. Every method taking a `lun` routes to that LU, or to
+/// the built-in "not present" responder when no LU has that number (INQUIRY peripheral
+/// qualifier 011b, REPORT LUNS, LOGICAL UNIT NOT SUPPORTED for everything else).
+pub struct Target<const LUNS: usize, const TASKS: usize, const NEXUS: usize> {
+    luns: [Option<(u16, LogicalUnit<TASKS, NEXUS>)>; LUNS],
+    inventory: [u16; LUNS],
+    inv_len: usize,
+    absent: LogicalUnit<TASKS, NEXUS>,
+    next: usize,
+}
+
+impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Default
+    for Target<LUNS, TASKS, NEXUS>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TASKS, NEXUS> {
+    /// An empty target.
+    pub fn new() -> Self {
+        Target {
+            luns: [const { None }; LUNS],
+            inventory: [0; LUNS],
+            inv_len: 0,
+            absent: {
+                let mut a = LogicalUnit::not_present();
+                a.set_report_luns(0, true);
+                a
+            },
+            next: 0,
+        }
+    }
+
+    /// Add a logical unit as LUN `number`; the other LUs raise REPORTED LUNS DATA HAS
+    /// CHANGED.
+    pub fn add_lun(
+        &mut self,
+        number: u16,
+        lu: LogicalUnit<TASKS, NEXUS>,
+    ) -> Result<(), TargetError> {
+        if number > Lun::MAX_NUMBER {
+            return Err(TargetError::InvalidLun);
+        }
+        if self.index(number).is_some() {
+            return Err(TargetError::LunExists);
+        }
+        let slot = self
+            .luns
+            .iter()
+            .position(|l| l.is_none())
+            .ok_or(TargetError::TableFull)?;
+        for (_, other) in self.luns.iter_mut().flatten() {
+            other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
+        }
+        self.luns[slot] = Some((number, lu));
+        self.rebuild_inventory();
+        Ok(())
+    }
+
+    /// Remove LUN `number` and return its LU (the caller should first make sure no I/O of
+    /// it is in flight); the remaining LUs raise REPORTED LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&mut self, number: u16) -> Result<LogicalUnit<TASKS, NEXUS>, TargetError> {
+        let i = self.index(number).ok_or(TargetError::NoSuchLun)?;
+        let (_, lu) = self.luns[i].take().ok_or(TargetError::NoSuchLun)?;
+        for (_, other) in self.luns.iter_mut().flatten() {
+            other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
+        }
+        self.rebuild_inventory();
+        Ok(lu)
+    }
+
+    fn rebuild_inventory(&mut self) {
+        let mut n = 0;
+        for (num, _) in self.luns.iter().flatten() {
+            self.inventory[n] = *num;
+            n += 1;
+        }
+        self.inventory[..n].sort_unstable();
+        self.inv_len = n;
+        // LUN 0 is always reported: without a configured LU it is the controller.
+        let lun0 = self.index(0).is_none();
+        let count = u16::try_from(n).unwrap_or(u16::MAX);
+        self.absent.set_report_luns(count, lun0);
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            lu.set_report_luns(count, lun0);
+        }
+    }
+
+    /// The configured LUN numbers, ascending. REPORT LUNS lists these and LUN 0 always:
+    /// when no LU is configured as LUN 0 it answers as a storage array controller
+    /// (peripheral device type 0x0C: INQUIRY, REPORT LUNS, TEST UNIT READY, REQUEST SENSE).
+    pub fn lun_numbers(&self) -> &[u16] {
+        &self.inventory[..self.inv_len]
+    }
+
+    fn index(&self, number: u16) -> Option<usize> {
+        self.luns
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|(n, _)| *n == number))
+    }
+
+    /// The LU with this number.
+    pub fn lu(&self, number: u16) -> Option<&LogicalUnit<TASKS, NEXUS>> {
+        self.index(number)
+            .and_then(|i| self.luns[i].as_ref().map(|(_, l)| l))
+    }
+
+    /// The LU with this number, mutably (capacity changes, raising unit attentions).
+    pub fn lu_mut(&mut self, number: u16) -> Option<&mut LogicalUnit<TASKS, NEXUS>> {
+        let i = self.index(number)?;
+        self.luns[i].as_mut().map(|(_, l)| l)
+    }
+
+    fn route(&mut self, lun: Lun) -> &mut LogicalUnit<TASKS, NEXUS> {
+        match lun.number().and_then(|n| self.index(n)) {
+            Some(i) => match &mut self.luns[i] {
+                Some((_, l)) => l,
+                None => &mut self.absent,
+            },
+            None => &mut self.absent,
+        }
+    }
+
+    /// Register a nexus with every LU.
+    pub fn add_nexus(&mut self, id: NexusId) -> Result<(), NexusError> {
+        let mut r = Ok(());
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            if let Err(e) = lu.add_nexus(id) {
+                r = Err(e);
+            }
+        }
+        r
+    }
+
+    /// Forget a nexus everywhere (its tasks are aborted, PREVENT released).
+    pub fn remove_nexus(&mut self, id: NexusId) -> TmfOutcome {
+        let mut out = self.absent.remove_nexus(id);
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            add(&mut out, lu.remove_nexus(id));
+        }
+        out
+    }
+
+    /// Submit a command to `lun` (see [`LogicalUnit::submit`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit(
+        &mut self,
+        lun: Lun,
+        nexus: NexusId,
+        tag: TaskTag,
+        cdb: &[u8],
+        dir: DataDirection,
+        expected_len: u32,
+        attr: TaskAttr,
+    ) -> Result<(), SubmitError> {
+        self.route(lun)
+            .submit_lun(lun, nexus, tag, cdb, dir, expected_len, attr)
+    }
+
+    /// The next action of any LU (round robin over LUs), or `None`.
+    pub fn poll_action(&mut self) -> Option<TargetAction> {
+        let n = LUNS + 1;
+        for k in 0..n {
+            let idx = (self.next + k) % n;
+            let lu = if idx == LUNS {
+                &mut self.absent
+            } else {
+                match &mut self.luns[idx] {
+                    Some((_, l)) => l,
+                    None => continue,
+                }
+            };
+            if let Some((lun, action)) = lu.poll_action_lun() {
+                self.next = (idx + 1) % n;
+                return Some(TargetAction { lun, action });
+            }
+        }
+        None
+    }
+
+    /// See [`LogicalUnit::data_out_ready`].
+    pub fn data_out_ready(
+        &mut self,
+        lun: Lun,
+        task: TaskId,
+        data: &[u8],
+    ) -> Result<(), CallbackError> {
+        self.route(lun).data_out_ready(task, data)
+    }
+
+    /// See [`LogicalUnit::emit_data_in`]; REPORT LUNS lists this target's LUNs.
+    pub fn emit_data_in(
+        &mut self,
+        lun: Lun,
+        task: TaskId,
+        buf: &mut [u8],
+    ) -> Result<usize, CallbackError> {
+        let inv = &self.inventory[..self.inv_len];
+        let lu = match lun.number().and_then(|n| {
+            self.luns
+                .iter()
+                .position(|l| l.as_ref().is_some_and(|(x, _)| *x == n))
+        }) {
+            Some(i) => match &mut self.luns[i] {
+                Some((_, l)) => l,
+                None => &mut self.absent,
+            },
+            None => &mut self.absent,
+        };
+        lu.emit_data_in_with_luns(task, buf, inv)
+    }
+
+    /// See [`LogicalUnit::complete_io`].
+    pub fn complete_io(
+        &mut self,
+        lun: Lun,
+        task: TaskId,
+        result: IoResult,
+    ) -> Result<(), CallbackError> {
+        self.route(lun).complete_io(task, result)
+    }
+
+    /// See [`LogicalUnit::compare_data`].
+    pub fn compare_data(
+        &mut self,
+        lun: Lun,
+        task: TaskId,
+        read: &[u8],
+        expected: &[u8],
+    ) -> Result<(), CallbackError> {
+        self.route(lun).compare_data(task, read, expected)
+    }
+
+    /// See [`LogicalUnit::lba_status_result`].
+    pub fn lba_status_result(
+        &mut self,
+        lun: Lun,
+        task: TaskId,
+        mapped: bool,
+        blocks: u64,
+    ) -> Result<(), CallbackError> {
+        self.route(lun).lba_status_result(task, mapped, blocks)
+    }
+
+    /// ABORT TASK on `lun`.
+    pub fn abort_task(&mut self, lun: Lun, task: TaskId) -> TmfOutcome {
+        self.route(lun).abort_task(task)
+    }
+
+    /// ABORT TASK SET on `lun`.
+    pub fn abort_task_set(&mut self, lun: Lun, nexus: NexusId) -> TmfOutcome {
+        self.route(lun).abort_task_set(nexus)
+    }
+
+    /// CLEAR TASK SET on `lun`.
+    pub fn clear_task_set(&mut self, lun: Lun, by: NexusId) -> TmfOutcome {
+        self.route(lun).clear_task_set(by)
+    }
+
+    /// LOGICAL UNIT RESET on `lun`.
+    pub fn lu_reset(&mut self, lun: Lun) -> TmfOutcome {
+        self.route(lun).lu_reset()
+    }
+
+    /// I_T NEXUS RESET: on every LU.
+    pub fn nexus_reset(&mut self, nexus: NexusId) -> TmfOutcome {
+        let mut out = self.absent.abort_task_set(nexus);
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            add(&mut out, lu.nexus_reset(nexus));
+        }
+        out
+    }
+
+    /// TARGET RESET: a LOGICAL UNIT RESET of every LU.
+    pub fn target_reset(&mut self) -> TmfOutcome {
+        let mut out = self.absent.lu_reset();
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            add(&mut out, lu.lu_reset());
+        }
+        out
+    }
+
+    /// Raise a unit attention on every LU for every nexus.
+    pub fn raise_unit_attention(&mut self, ua: UnitAttention) {
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            lu.raise_unit_attention(ua);
+        }
+    }
+}
+
+fn add(a: &mut TmfOutcome, b: TmfOutcome) {
+    a.aborted += b.aborted;
+    a.in_flight += b.in_flight;
+}

@@ -1,0 +1,1625 @@
+//! End-to-end tests: a tiny runtime plays the initiator and the backing store (an in-memory
+//! disk) around a `LogicalUnit` / `Target`.
+
+use std::vec;
+use std::vec::Vec;
+
+use crate::*;
+
+type Lu = LogicalUnit<16, 4>;
+
+const N0: NexusId = NexusId(1);
+const N1: NexusId = NexusId(2);
+
+struct Disk {
+    data: Vec<u8>,
+    mapped: Vec<bool>,
+    bs: usize,
+    fail_next: Option<IoResult>,
+    ios: Vec<IoRequest>,
+}
+
+impl Disk {
+    fn new(cfg: &LuConfig) -> Disk {
+        let bs = cfg.block_bytes() as usize;
+        // Huge LUs are only used for commands without I/O.
+        let n = cfg.num_blocks.min(1 << 20) as usize;
+        Disk {
+            data: vec![0; bs * n],
+            mapped: vec![false; n],
+            bs,
+            fail_next: None,
+            ios: Vec::new(),
+        }
+    }
+    fn range(&self, lba: u64, blocks: u64) -> core::ops::Range<usize> {
+        let s = lba as usize * self.bs;
+        s..s + blocks as usize * self.bs
+    }
+    fn write(&mut self, lba: u64, src: &[u8]) {
+        let r = self.range(lba, (src.len() / self.bs) as u64);
+        self.data[r].copy_from_slice(src);
+        for b in lba..lba + (src.len() / self.bs) as u64 {
+            self.mapped[b as usize] = true;
+        }
+    }
+    fn unmap(&mut self, lba: u64, n: u64) {
+        let r = self.range(lba, n);
+        self.data[r].fill(0);
+        for b in lba..lba + n {
+            self.mapped[b as usize] = false;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    status: ScsiStatus,
+    sense: Option<SenseData>,
+    residual: Residual,
+    data: Vec<u8>,
+    asked_data_out: Option<u32>,
+}
+
+impl Outcome {
+    fn good(&self) -> &Self {
+        assert_eq!(self.status, ScsiStatus::Good, "{self:?}");
+        self
+    }
+    fn sense(&self, key: SenseKey, asc: Asc) -> &SenseData {
+        assert_eq!(self.status, ScsiStatus::CheckCondition, "{self:?}");
+        let s = self.sense.as_ref().expect("sense");
+        assert_eq!((s.key(), s.asc()), (key, asc), "{s:?}");
+        s
+    }
+    fn invalid_cdb(&self, byte: u16, bit: Option<u8>) {
+        let s = self.sense(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(
+            s.sense_key_specific(),
+            Some(FieldPointer::cdb(byte, bit).to_bytes())
+        );
+    }
+    fn oob(&self) {
+        self.sense(SenseKey::IllegalRequest, Asc::LBA_OUT_OF_RANGE);
+    }
+}
+
+struct H {
+    lu: Lu,
+    disk: Disk,
+    tag: u32,
+}
+
+impl H {
+    fn new(cfg: LuConfig) -> H {
+        let mut h = H {
+            lu: Lu::new(cfg),
+            disk: Disk::new(&cfg),
+            tag: 0,
+        };
+        h.lu.add_nexus(N0).unwrap();
+        h.lu.add_nexus(N1).unwrap();
+        // Clear POWER ON unit attentions.
+        h.run(N0, &[0, 0, 0, 0, 0, 0], 0, &[]);
+        h.run(N1, &[0, 0, 0, 0, 0, 0], 0, &[]);
+        h
+    }
+    fn thin() -> H {
+        H::new(LuConfig::new(1024).thin(true).serial("SER123"))
+    }
+
+    fn run(&mut self, nexus: NexusId, cdb: &[u8], expected: u32, data_out: &[u8]) -> Outcome {
+        self.tag += 1;
+        let task = TaskId {
+            nexus,
+            tag: TaskTag(self.tag),
+        };
+        self.lu
+            .submit(
+                nexus,
+                task.tag,
+                cdb,
+                if data_out.is_empty() {
+                    DataDirection::Read
+                } else {
+                    DataDirection::Write
+                },
+                expected,
+                TaskAttr::Simple,
+            )
+            .unwrap();
+        self.drive(task, data_out)
+    }
+
+    fn drive(&mut self, task: TaskId, data_out: &[u8]) -> Outcome {
+        let mut data = Vec::new();
+        let mut asked = None;
+        loop {
+            let a = self.lu.poll_action().expect("an action");
+            assert_eq!(a.task(), task);
+            match a {
+                Action::NeedDataOut { len, .. } => {
+                    asked = Some(len);
+                    assert!(len as usize <= data_out.len(), "asked {len}");
+                    self.lu
+                        .data_out_ready(task, &data_out[..len as usize])
+                        .unwrap();
+                }
+                Action::DataIn { len, .. } => {
+                    let mut buf = vec![0xEE; len as usize + 7];
+                    let n = self.lu.emit_data_in(task, &mut buf).unwrap();
+                    assert_eq!(n, len as usize);
+                    data.extend_from_slice(&buf[..n]);
+                }
+                Action::Io(io) => self.io(io, data_out, &mut data),
+                Action::Complete {
+                    status,
+                    sense,
+                    residual,
+                    ..
+                } => {
+                    assert!(!self.lu.has_task(task));
+                    return Outcome {
+                        status,
+                        sense,
+                        residual,
+                        data,
+                        asked_data_out: asked,
+                    };
+                }
+            }
+        }
+    }
+
+    fn io(&mut self, io: IoRequest, data_out: &[u8], data: &mut Vec<u8>) {
+        self.disk.ios.push(io);
+        let t = io.task;
+        if let Some(e) = self.disk.fail_next.take() {
+            self.lu.complete_io(t, e).unwrap();
+            return;
+        }
+        let r = self.disk.range(io.lba, io.blocks);
+        let bs = self.disk.bs;
+        match io.op {
+            IoOp::Read => {
+                data.extend_from_slice(&self.disk.data[r][..io.transfer_len as usize]);
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::Write => {
+                let off = io.data_offset as usize;
+                let src = data_out[off..off + r.len()].to_vec();
+                self.disk.write(io.lba, &src);
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::Flush | IoOp::Prefetch => self.lu.complete_io(t, IoResult::Ok).unwrap(),
+            IoOp::Unmap { descriptors } => {
+                assert_eq!(UnmapRanges::new(data_out).count(), descriptors as usize);
+                for (lba, n) in UnmapRanges::new(data_out) {
+                    self.disk.unmap(lba, u64::from(n));
+                }
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::WriteSame { unmap, ndob, zero } => {
+                let block = if ndob {
+                    vec![0; bs]
+                } else {
+                    data_out[..bs].to_vec()
+                };
+                assert_eq!(zero, block.iter().all(|b| *b == 0));
+                if unmap && zero {
+                    self.disk.unmap(io.lba, io.blocks);
+                } else {
+                    for k in 0..io.blocks {
+                        self.disk.write(io.lba + k, &block);
+                    }
+                }
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::Verify { mode } => {
+                let read = self.disk.data[r].to_vec();
+                match mode {
+                    VerifyMode::Medium => self.lu.complete_io(t, IoResult::Ok).unwrap(),
+                    _ => self.lu.compare_data(t, &read, data_out).unwrap(),
+                }
+            }
+            IoOp::CompareAndWrite => {
+                let read = self.disk.data[r.clone()].to_vec();
+                self.lu
+                    .compare_data(t, &read, &data_out[..r.len()])
+                    .unwrap();
+            }
+            IoOp::OrWrite => {
+                let mut cur = self.disk.data[r].to_vec();
+                or_into(&mut cur, data_out);
+                self.disk.write(io.lba, &cur);
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::LbaStatus => {
+                let m = self.disk.mapped[io.lba as usize];
+                let n = self.disk.mapped[io.lba as usize..]
+                    .iter()
+                    .take_while(|x| **x == m)
+                    .count();
+                self.lu.lba_status_result(t, m, n as u64).unwrap();
+            }
+        }
+    }
+}
+
+fn cdb10(opc: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = opc;
+    c[1] = b1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn cdb12(opc: u8, b1: u8, lba: u32, len: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = opc;
+    c[1] = b1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn cdb16(opc: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opc;
+    c[1] = b1;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+// ------------------------------------------------------------------- basics, UA
+
+#[test]
+fn power_on_unit_attention_then_good() {
+    let mut lu = Lu::new(LuConfig::new(100));
+    lu.add_nexus(N0).unwrap();
+    let disk = Disk::new(lu.config());
+    let mut h = H { lu, disk, tag: 0 };
+    // INQUIRY is not affected by the unit attention.
+    h.run(N0, &[0x12, 0, 0, 0, 36, 0], 36, &[]).good();
+    let o = h.run(N0, &[0; 6], 0, &[]);
+    let s = o.sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    assert_eq!(s.as_bytes()[0], 0x70);
+    h.run(N0, &[0; 6], 0, &[]).good();
+}
+
+#[test]
+fn request_sense_reports_and_clears_unit_attention() {
+    let mut h = H::thin();
+    h.lu.raise_unit_attention(UnitAttention::CapacityChanged);
+    let o = h.run(N0, &[0x03, 0, 0, 0, 252, 0], 252, &[]);
+    o.good();
+    assert_eq!(o.data.len(), 18);
+    assert_eq!(o.data[0], 0x70);
+    assert_eq!(o.data[2], 0x06);
+    assert_eq!((o.data[12], o.data[13]), (0x2A, 0x09));
+    assert_eq!(o.residual, Residual::Underflow(252 - 18));
+    // Cleared: next command is fine, nothing pending.
+    h.run(N0, &[0; 6], 0, &[]).good();
+    // Descriptor format on request.
+    let o = h.run(N0, &[0x03, 1, 0, 0, 252, 0], 252, &[]);
+    assert_eq!(o.data, vec![0x72, 0, 0, 0, 0, 0, 0, 0]);
+    // Other nexus still has it.
+    h.run(N1, &[0; 6], 0, &[])
+        .sense(SenseKey::UnitAttention, Asc::CAPACITY_DATA_HAS_CHANGED);
+    // Reserved bits.
+    h.run(N0, &[0x03, 2, 0, 0, 252, 0], 252, &[])
+        .invalid_cdb(1, Some(7));
+}
+
+#[test]
+fn unknown_opcode_and_control_byte() {
+    let mut h = H::thin();
+    let o = h.run(N0, &[0xC7, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_COMMAND_OPERATION_CODE,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0xC0, 0, 0]));
+    // NACA set in the control byte.
+    h.run(N0, &[0, 0, 0, 0, 0, 0x04], 0, &[])
+        .invalid_cdb(5, Some(2));
+    // Empty CDB.
+    h.run(N0, &[], 0, &[]).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_COMMAND_OPERATION_CODE,
+    );
+}
+
+// ------------------------------------------------------------------- INQUIRY
+
+#[test]
+fn standard_inquiry() {
+    let mut h = H::new(
+        LuConfig::new(64)
+            .removable(true)
+            .vendor("ACME")
+            .product("DISK"),
+    );
+    let o = h.run(N0, &[0x12, 0, 0, 0x01, 0xFF, 0], 511, &[]);
+    o.good();
+    let d = &o.data;
+    assert_eq!(d.len(), 96);
+    assert_eq!(&d[..8], &[0x00, 0x80, 0x06, 0x12, 91, 0, 0, 0x02]);
+    assert_eq!(&d[8..16], b"ACME    ");
+    assert_eq!(&d[16..32], b"DISK            ");
+    assert_eq!(&d[32..36], b"0001");
+    assert_eq!(
+        &d[58..66],
+        &[0x00, 0xA0, 0x09, 0x60, 0x04, 0x60, 0x04, 0xC0]
+    );
+    assert!(d[66..].iter().all(|b| *b == 0));
+    assert_eq!(o.residual, Residual::Underflow(511 - 96));
+    // Allocation length truncates; expected length smaller than allocation: overflow.
+    let o = h.run(N0, &[0x12, 0, 0, 0, 5, 0], 5, &[]);
+    assert_eq!(o.data, vec![0x00, 0x80, 0x06, 0x12, 91]);
+    assert_eq!(o.residual, Residual::None);
+    let o = h.run(N0, &[0x12, 0, 0, 0, 96, 0], 10, &[]);
+    assert_eq!(o.data.len(), 10);
+    assert_eq!(o.residual, Residual::Overflow(86));
+    // EVPD = 0 with a page code, CMDDT.
+    h.run(N0, &[0x12, 0, 0x80, 0, 96, 0], 96, &[])
+        .invalid_cdb(2, None);
+    h.run(N0, &[0x12, 2, 0, 0, 96, 0], 96, &[])
+        .invalid_cdb(1, Some(1));
+    // Unsupported VPD page.
+    h.run(N0, &[0x12, 1, 0x99, 0, 96, 0], 96, &[])
+        .invalid_cdb(2, None);
+}
+
+#[test]
+fn vpd_pages() {
+    let mut h = H::new(
+        LuConfig::new(1 << 20)
+            .thin(true)
+            .serial("SER123")
+            .naa(0x5001_4050_1234_5678)
+            .physical_block_exponent(3),
+    );
+    h.lu.set_scsi_name("iqn.x");
+    let vpd = |h: &mut H, p: u8| h.run(N0, &[0x12, 1, p, 0x10, 0, 0], 4096, &[]).data;
+    assert_eq!(
+        vpd(&mut h, 0x00),
+        vec![0, 0, 0, 7, 0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
+    );
+    assert_eq!(vpd(&mut h, 0x80), b"\x00\x80\x00\x06SER123".to_vec());
+    let d = vpd(&mut h, 0x83);
+    let mut want = vec![0, 0x83, 0, 0];
+    want.extend_from_slice(&[1, 3, 0, 8, 0x50, 0x01, 0x40, 0x50, 0x12, 0x34, 0x56, 0x78]);
+    want.extend_from_slice(&[2, 1, 0, 14]);
+    want.extend_from_slice(b"TGT-RS  SER123");
+    want.extend_from_slice(&[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+    want.extend_from_slice(&[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    want.extend_from_slice(&[0x53, 0xA8, 0, 8]);
+    want.extend_from_slice(b"iqn.x\0\0\0");
+    want[3] = (want.len() - 4) as u8;
+    assert_eq!(d, want);
+    let d = vpd(&mut h, 0x86);
+    assert_eq!(d.len(), 64);
+    assert_eq!(&d[..6], &[0, 0x86, 0, 60, 0, 7]);
+    let d = vpd(&mut h, 0xB0);
+    assert_eq!(d.len(), 64);
+    assert_eq!(&d[..4], &[0, 0xB0, 0, 0x3C]);
+    assert_eq!(d[4], 0); // WSNZ
+    assert_eq!(d[5], 255);
+    assert_eq!(&d[6..8], &[0, 8]);
+    assert_eq!(&d[8..12], &16384u32.to_be_bytes());
+    assert_eq!(&d[20..24], &0x10_0000u32.to_be_bytes());
+    assert_eq!(&d[24..28], &256u32.to_be_bytes());
+    assert_eq!(&d[28..32], &8u32.to_be_bytes());
+    assert_eq!(&d[36..44], &0x40_0000u64.to_be_bytes());
+    let d = vpd(&mut h, 0xB1);
+    assert_eq!(&d[..6], &[0, 0xB1, 0, 0x3C, 0, 1]);
+    assert_eq!(vpd(&mut h, 0xB2), vec![0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
+    // Fully provisioned: no UNMAP limits, LBPU clear.
+    let mut h = H::new(LuConfig::new(64));
+    let d = vpd(&mut h, 0xB0);
+    assert!(d[20..36].iter().all(|b| *b == 0));
+    assert_eq!(vpd(&mut h, 0xB2), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
+}
+
+// ------------------------------------------------------------------- READ CAPACITY
+
+#[test]
+fn read_capacity() {
+    let mut h = H::new(
+        LuConfig::new(1000)
+            .block_size(BlockSize::B4096)
+            .thin(true)
+            .physical_block_exponent(0),
+    );
+    let o = h.run(N0, &cdb10(0x25, 0, 0, 0), 8, &[]);
+    assert_eq!(o.good().data, vec![0, 0, 0x03, 0xE7, 0, 0, 0x10, 0]);
+    h.run(N0, &cdb10(0x25, 0, 5, 0), 8, &[])
+        .invalid_cdb(2, None);
+    let mut c = cdb16(0x9E, 0x10, 0, 32);
+    let o = h.run(N0, &c, 32, &[]);
+    let mut want = vec![0, 0, 0, 0, 0, 0, 0x03, 0xE7, 0, 0, 0x10, 0, 0, 0, 0xC0, 0];
+    want.extend_from_slice(&[0; 16]);
+    assert_eq!(o.good().data, want);
+    // Allocation length 0..15 is fine (truncated).
+    for n in 0..16u32 {
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        let o = h.run(N0, &c, n, &[]);
+        o.good();
+        assert_eq!(o.data, want[..n as usize].to_vec());
+    }
+    // Bad service action.
+    h.run(N0, &cdb16(0x9E, 0x1F, 0, 32), 32, &[])
+        .invalid_cdb(1, Some(4));
+    // Large capacity saturates READ CAPACITY (10).
+    let mut h = H::new(LuConfig::new(0x1_0000_0005));
+    let o = h.run(N0, &cdb10(0x25, 0, 0, 0), 8, &[]);
+    assert_eq!(&o.data[..4], &[0xFF; 4]);
+}
+
+// ------------------------------------------------------------------- READ / WRITE
+
+#[test]
+fn write_then_read_all_sizes() {
+    let mut h = H::thin();
+    let data = pattern(4 * 512, 3);
+    h.run(N0, &[0x0A, 0, 0, 10, 4, 0], 2048, &data).good();
+    assert_eq!(&h.disk.data[10 * 512..14 * 512], &data[..]);
+    let o = h.run(N0, &[0x08, 0, 0, 10, 4, 0], 2048, &[]);
+    assert_eq!(o.good().data, data);
+    let d2 = pattern(2 * 512, 9);
+    h.run(N0, &cdb10(0x2A, 0x18, 100, 2), 1024, &d2).good();
+    let io = *h.disk.ios.last().unwrap();
+    assert!(io.fua && io.dpo);
+    assert_eq!(h.run(N0, &cdb10(0x28, 0, 100, 2), 1024, &[]).data, d2);
+    h.run(N0, &cdb12(0xAA, 0, 200, 2), 1024, &d2).good();
+    assert_eq!(h.run(N0, &cdb12(0xA8, 0, 200, 2), 1024, &[]).data, d2);
+    h.run(N0, &cdb16(0x8A, 0, 300, 2), 1024, &d2).good();
+    assert_eq!(h.run(N0, &cdb16(0x88, 0, 300, 2), 1024, &[]).data, d2);
+    // READ(6) length 0 means 256 blocks.
+    let o = h.run(N0, &[0x08, 0, 0, 0, 0, 0], 256 * 512, &[]);
+    assert_eq!(o.good().data.len(), 256 * 512);
+}
+
+#[test]
+fn read_write_range_and_field_errors() {
+    let mut h = H::thin();
+    // Beyond the end, at 2^31 and -1.
+    h.run(N0, &cdb10(0x28, 0, 1024, 1), 512, &[]).oob();
+    h.run(N0, &cdb10(0x28, 0, 1023, 2), 1024, &[]).oob();
+    h.run(N0, &cdb10(0x28, 0, 1025, 0), 0, &[]).oob();
+    h.run(N0, &cdb16(0x88, 0, u64::MAX, 1), 512, &[]).oob();
+    h.run(N0, &cdb16(0x88, 0, 1 << 63, 1), 512, &[]).oob();
+    h.run(N0, &[0x08, 0, 0x04, 0, 1, 0], 512, &[]).oob();
+    h.run(N0, &cdb10(0x2A, 0, 0xFFFF_FFFF, 1), 512, &vec![0; 512])
+        .oob();
+    // 0 blocks at LBA 0 and at the end are fine.
+    h.run(N0, &cdb10(0x28, 0, 0, 0), 0, &[]).good();
+    h.run(N0, &cdb10(0x2A, 0, 1024, 0), 0, &[]).good();
+    // RDPROTECT / WRPROTECT without protection information.
+    h.run(N0, &cdb10(0x28, 0x20, 0, 1), 512, &[])
+        .invalid_cdb(1, Some(7));
+    h.run(N0, &cdb16(0x8A, 0xE0, 0, 1), 512, &vec![0; 512])
+        .invalid_cdb(1, Some(7));
+    // Above the maximum transfer length.
+    let mut h = H::new(LuConfig::new(1 << 20).transfer_lengths(8, 16));
+    h.run(N0, &cdb10(0x28, 0, 0, 17), 17 * 512, &[])
+        .invalid_cdb(7, None);
+    h.run(N0, &cdb16(0x88, 0, 0, 17), 17 * 512, &[])
+        .invalid_cdb(10, None);
+    assert!(h.disk.ios.is_empty());
+}
+
+#[test]
+fn read_residuals() {
+    let mut h = H::thin();
+    // EDTL 0: nothing sent, overflow of one block.
+    let o = h.run(N0, &cdb10(0x28, 0, 0, 1), 0, &[]);
+    assert!(o.good().data.is_empty());
+    assert_eq!(o.residual, Residual::Overflow(512));
+    let o = h.run(N0, &cdb10(0x28, 0, 0, 1), 10000, &[]);
+    assert_eq!(o.good().data.len(), 512);
+    assert_eq!(o.residual, Residual::Underflow(10000 - 512));
+    let o = h.run(N0, &cdb10(0x28, 0, 0, 2), 512, &[]);
+    assert_eq!(o.good().data.len(), 512);
+    assert_eq!(o.residual, Residual::Overflow(512));
+}
+
+#[test]
+fn write_residuals() {
+    let mut h = H::thin();
+    h.disk.data[..1024].fill(b'a');
+    // EDTL < SPDTL: refused without writing, overflow reported.
+    for (blocks, edtl) in [(1u16, 0u32), (2, 512), (1, 200)] {
+        let o = h.run(
+            N0,
+            &cdb10(0x2A, 0, 0, blocks),
+            edtl,
+            &vec![b'b'; edtl as usize],
+        );
+        o.sense(
+            SenseKey::IllegalRequest,
+            Asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+        );
+        assert_eq!(
+            o.residual,
+            Residual::Overflow(u32::from(blocks) * 512 - edtl)
+        );
+        assert_eq!(o.asked_data_out, None);
+    }
+    assert!(h.disk.data[..1024].iter().all(|b| *b == b'a'));
+    // EDTL > SPDTL: one block written, underflow.
+    let o = h.run(N0, &cdb10(0x2A, 0, 0, 1), 1024, &vec![b'b'; 1024]);
+    o.good();
+    assert_eq!(o.asked_data_out, Some(512));
+    assert_eq!(o.residual, Residual::Underflow(512));
+    assert!(h.disk.data[..512].iter().all(|b| *b == b'b'));
+    assert!(h.disk.data[512..1024].iter().all(|b| *b == b'a'));
+}
+
+#[test]
+fn io_errors_map_to_sense() {
+    let mut h = H::thin();
+    let cases = [
+        (
+            IoResult::ReadError,
+            SenseKey::MediumError,
+            Asc::UNRECOVERED_READ_ERROR,
+        ),
+        (
+            IoResult::WriteError,
+            SenseKey::MediumError,
+            Asc::WRITE_ERROR,
+        ),
+        (
+            IoResult::NoSpace,
+            SenseKey::DataProtect,
+            Asc::SPACE_ALLOCATION_FAILED,
+        ),
+        (
+            IoResult::OutOfRange,
+            SenseKey::IllegalRequest,
+            Asc::LBA_OUT_OF_RANGE,
+        ),
+        (
+            IoResult::Failed,
+            SenseKey::HardwareError,
+            Asc::INTERNAL_TARGET_FAILURE,
+        ),
+    ];
+    for (r, k, a) in cases {
+        h.disk.fail_next = Some(r);
+        let o = h.run(N0, &cdb10(0x28, 0, 0, 1), 512, &[]);
+        o.sense(k, a);
+        assert_eq!(o.residual, Residual::Underflow(512));
+    }
+    h.disk.fail_next = Some(IoResult::Miscompare { offset: 77 });
+    let o = h.run(N0, &cdb10(0x28, 0, 0, 1), 512, &[]);
+    let s = o.sense(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(s.information(), Some(77));
+}
+
+// ------------------------------------------------------------------- VERIFY, WRITE AND VERIFY
+
+#[test]
+fn verify_compare_and_miscompare() {
+    let mut h = H::thin();
+    let d = pattern(3 * 512, 1);
+    h.disk.write(5, &d);
+    // BYTCHK = 0: medium verification only.
+    let o = h.run(N0, &cdb10(0x2F, 0, 5, 3), 0, &[]);
+    o.good();
+    assert_eq!(o.asked_data_out, None);
+    // BYTCHK = 1: match.
+    h.run(N0, &cdb10(0x2F, 0x02, 5, 3), 1536, &d).good();
+    h.run(N0, &cdb12(0xAF, 0x02, 5, 3), 1536, &d).good();
+    h.run(N0, &cdb16(0x8F, 0x12, 5, 3), 1536, &d).good();
+    // Flip a bit at offset 700.
+    let mut bad = d.clone();
+    bad[700] ^= 1;
+    let o = h.run(N0, &cdb10(0x2F, 0x02, 5, 3), 1536, &bad);
+    let s = o.sense(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(s.information(), Some(700));
+    // BYTCHK = 3: one block compared with each.
+    let one = vec![0x11u8; 512];
+    for k in 0..3 {
+        h.disk.write(20 + k, &one);
+    }
+    let o = h.run(N0, &cdb10(0x2F, 0x06, 20, 3), 512, &one);
+    o.good();
+    assert_eq!(o.asked_data_out, Some(512));
+    h.disk.data[21 * 512 + 3] = 0;
+    let o = h.run(N0, &cdb10(0x2F, 0x06, 20, 3), 512, &one);
+    assert_eq!(
+        o.sense(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY)
+            .information(),
+        Some(515)
+    );
+    // BYTCHK = 2 is reserved; VRPROTECT; range.
+    h.run(N0, &cdb10(0x2F, 0x04, 0, 1), 512, &one)
+        .invalid_cdb(1, Some(2));
+    h.run(N0, &cdb10(0x2F, 0x20, 0, 1), 0, &[])
+        .invalid_cdb(1, Some(7));
+    h.run(N0, &cdb10(0x2F, 0, 1025, 0), 0, &[]).oob();
+    h.run(N0, &cdb16(0x8F, 0, u64::MAX, 1), 0, &[]).oob();
+    h.run(N0, &cdb10(0x2F, 0x02, 0, 0), 0, &[]).good();
+}
+
+#[test]
+fn write_and_verify() {
+    let mut h = H::thin();
+    let d = pattern(2 * 512, 5);
+    h.run(N0, &cdb10(0x2E, 0x02, 7, 2), 1024, &d).good();
+    let io = *h.disk.ios.last().unwrap();
+    assert_eq!((io.op, io.fua), (IoOp::Write, true));
+    assert_eq!(&h.disk.data[7 * 512..9 * 512], &d[..]);
+    h.run(N0, &cdb12(0xAE, 0, 9, 2), 1024, &d).good();
+    h.run(N0, &cdb16(0x8E, 0x10, 11, 2), 1024, &d).good();
+    h.run(N0, &cdb16(0x8E, 0, 1023, 2), 1024, &d).oob();
+    h.run(N0, &cdb10(0x2E, 0x04, 0, 1), 512, &d)
+        .invalid_cdb(1, Some(2));
+}
+
+// ------------------------------------------------------------------- WRITE SAME
+
+#[test]
+fn write_same_writes_and_unmaps() {
+    let mut h = H::thin();
+    let block = vec![0xA5u8; 512];
+    h.run(N0, &cdb10(0x41, 0, 10, 5), 512, &block).good();
+    assert!(h.disk.data[10 * 512..15 * 512].iter().all(|b| *b == 0xA5));
+    assert!(h.disk.mapped[10..15].iter().all(|m| *m));
+    // UNMAP with a zero block deallocates.
+    let zero = vec![0u8; 512];
+    h.run(N0, &cdb10(0x41, 0x08, 10, 5), 512, &zero).good();
+    let io = *h.disk.ios.last().unwrap();
+    assert_eq!(
+        io.op,
+        IoOp::WriteSame {
+            unmap: true,
+            ndob: false,
+            zero: true
+        }
+    );
+    assert!(h.disk.mapped[10..15].iter().all(|m| !*m));
+    // WRITE SAME 16 with NDOB: no data out.
+    h.disk.write(30, &block);
+    let o = h.run(N0, &cdb16(0x93, 0x09, 30, 1), 0, &[]);
+    o.good();
+    assert_eq!(o.asked_data_out, None);
+    assert!(!h.disk.mapped[30]);
+    // 0 blocks: to the end of the LU.
+    h.run(N0, &cdb16(0x93, 0, 1020, 0), 512, &block).good();
+    assert_eq!(h.disk.ios.last().unwrap().blocks, 4);
+}
+
+#[test]
+fn write_same_errors() {
+    let mut h = H::new(LuConfig::new(1024).thin(true).max_write_same(64));
+    let block = vec![1u8; 512];
+    // ANCHOR without UNMAP, ANCHOR unsupported, PBDATA, LBDATA.
+    h.run(N0, &cdb10(0x41, 0x10, 0, 1), 512, &block)
+        .invalid_cdb(1, Some(4));
+    h.run(N0, &cdb10(0x41, 0x18, 0, 1), 512, &block)
+        .invalid_cdb(1, Some(4));
+    h.run(N0, &cdb10(0x41, 0x04, 0, 1), 512, &block)
+        .invalid_cdb(1, Some(2));
+    h.run(N0, &cdb10(0x41, 0x02, 0, 1), 512, &block)
+        .invalid_cdb(1, Some(1));
+    // Over the limit, also via 0 = to the end.
+    h.run(N0, &cdb10(0x41, 0, 0, 65), 512, &block)
+        .invalid_cdb(7, None);
+    h.run(N0, &cdb10(0x41, 0, 0, 0), 512, &block)
+        .invalid_cdb(7, None);
+    h.run(N0, &cdb10(0x41, 0, 1024 - 64, 64), 512, &block)
+        .good();
+    // Range.
+    h.run(N0, &cdb10(0x41, 0, 1025, 0), 512, &block).oob();
+    h.run(N0, &cdb10(0x41, 0, 1023, 2), 512, &block).oob();
+    h.run(N0, &cdb16(0x93, 0, u64::MAX, 1), 512, &block).oob();
+    // Wrong Data-Out size.
+    h.run(N0, &cdb10(0x41, 0x08, 0, 1), 256, &block[..256])
+        .sense(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB);
+    h.run(N0, &cdb10(0x41, 0x08, 0, 1), 1024, &[1u8; 1024])
+        .sense(SenseKey::IllegalRequest, Asc::INVALID_FIELD_IN_CDB);
+}
+
+// ------------------------------------------------------------------- UNMAP / GET LBA STATUS
+
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut v = vec![0u8; 8];
+    for (l, n) in ranges {
+        v.extend_from_slice(&l.to_be_bytes());
+        v.extend_from_slice(&n.to_be_bytes());
+        v.extend_from_slice(&[0; 4]);
+    }
+    let bd = (ranges.len() * 16) as u16;
+    v[0..2].copy_from_slice(&(bd + 6).to_be_bytes());
+    v[2..4].copy_from_slice(&bd.to_be_bytes());
+    v
+}
+
+fn unmap_cdb(len: u16) -> [u8; 10] {
+    cdb10(0x42, 0, 0, len)
+}
+
+#[test]
+fn unmap_and_lba_status() {
+    let mut h = H::thin();
+    h.disk.write(0, &vec![b'a'; 16 * 512]);
+    let l = unmap_list(&[(2, 3), (10, 1)]);
+    h.run(N0, &unmap_cdb(l.len() as u16), l.len() as u32, &l)
+        .good();
+    assert_eq!(
+        &h.disk.mapped[..12],
+        &[
+            true, true, false, false, false, true, true, true, true, true, false, true
+        ]
+    );
+    let gls = |h: &mut H, lba: u64| h.run(N0, &cdb16(0x9E, 0x12, lba, 24), 24, &[]);
+    let o = gls(&mut h, 2);
+    let mut want = vec![0, 0, 0, 20, 0, 0, 0, 0];
+    want.extend_from_slice(&2u64.to_be_bytes());
+    want.extend_from_slice(&3u32.to_be_bytes());
+    want.extend_from_slice(&[1, 0, 0, 0]);
+    assert_eq!(o.good().data, want);
+    let o = gls(&mut h, 5);
+    assert_eq!(&o.data[8..16], &5u64.to_be_bytes());
+    assert_eq!(&o.data[16..20], &5u32.to_be_bytes());
+    assert_eq!(o.data[20], 0);
+    gls(&mut h, 1024).oob();
+    gls(&mut h, u64::MAX).oob();
+    gls(&mut h, 1 << 63).oob();
+    // 0-block descriptors, no descriptors, zero parameter list length.
+    let l = unmap_list(&[(1024, 0), (5, 0)]);
+    h.run(N0, &unmap_cdb(l.len() as u16), l.len() as u32, &l)
+        .good();
+    let l = unmap_list(&[]);
+    h.run(N0, &unmap_cdb(8), 8, &l).good();
+    h.run(N0, &unmap_cdb(0), 0, &[]).good();
+}
+
+#[test]
+fn unmap_errors() {
+    let mut h = H::new(LuConfig::new(1024).thin(true).unmap_limits(16, 2));
+    let l = unmap_list(&[(1020, 5)]);
+    h.run(N0, &unmap_cdb(l.len() as u16), l.len() as u32, &l)
+        .oob();
+    let l = unmap_list(&[(0, 1), (1, 1), (2, 1)]);
+    let o = h.run(N0, &unmap_cdb(l.len() as u16), l.len() as u32, &l);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x80, 0, 2]));
+    let l = unmap_list(&[(0, 10), (100, 7)]);
+    let o = h.run(N0, &unmap_cdb(l.len() as u16), l.len() as u32, &l);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x80, 0, 32]));
+    h.run(N0, &unmap_cdb(4), 4, &[0; 4])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    h.run(N0, &[0x42, 1, 0, 0, 0, 0, 0, 0, 24, 0], 24, &[0; 24])
+        .invalid_cdb(1, Some(0));
+    assert!(h.disk.ios.is_empty());
+    // A fully provisioned LU does not implement UNMAP; GET LBA STATUS says "mapped".
+    let mut h = H::new(LuConfig::new(64));
+    let l = unmap_list(&[(0, 1)]);
+    h.run(N0, &unmap_cdb(24), 24, &l).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_COMMAND_OPERATION_CODE,
+    );
+    let o = h.run(N0, &cdb16(0x9E, 0x12, 10, 24), 24, &[]);
+    assert_eq!(&o.good().data[16..21], &[0, 0, 0, 54, 0]);
+    assert!(h.disk.ios.is_empty());
+}
+
+// ------------------------------------------------------------------- ORWRITE, COMPARE AND WRITE
+
+#[test]
+fn orwrite() {
+    let mut h = H::thin();
+    h.run(N0, &cdb16(0x8B, 0, 3, 2), 1024, &[0xA5; 1024]).good();
+    h.run(N0, &cdb16(0x8B, 0x08, 3, 2), 1024, &[0x5A; 1024])
+        .good();
+    assert!(h.disk.data[3 * 512..5 * 512].iter().all(|b| *b == 0xFF));
+    assert!(h.disk.ios.last().unwrap().fua);
+    h.run(N0, &cdb16(0x8B, 0, 0, 0), 0, &[]).good();
+    h.run(N0, &cdb16(0x8B, 0, 1025, 0), 0, &[]).oob();
+    h.run(N0, &cdb16(0x8B, 0, u64::MAX, 0), 0, &[]).oob();
+    h.run(N0, &cdb16(0x8B, 0x20, 0, 1), 512, &[0; 512])
+        .invalid_cdb(1, Some(7));
+}
+
+#[test]
+fn compare_and_write() {
+    let mut h = H::thin();
+    h.disk.write(4, &[7u8; 1024]);
+    let mut d = vec![7u8; 1024];
+    d.extend_from_slice(&[9u8; 1024]);
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    c[2..10].copy_from_slice(&4u64.to_be_bytes());
+    c[13] = 2;
+    h.run(N0, &c, 2048, &d).good();
+    assert!(h.disk.data[4 * 512..6 * 512].iter().all(|b| *b == 9));
+    // Now the compare half no longer matches: miscompare at 0.
+    let o = h.run(N0, &c, 2048, &d);
+    assert_eq!(
+        o.sense(SenseKey::Miscompare, Asc::MISCOMPARE_DURING_VERIFY)
+            .information(),
+        Some(0)
+    );
+    // Wrong Data-Out size.
+    h.run(N0, &c, 4096, &[0; 4096]).invalid_cdb(13, None);
+    h.run(N0, &c, 1024, &[0; 1024]).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+    );
+}
+
+// ------------------------------------------------------------------- PRE-FETCH, SYNC CACHE
+
+#[test]
+fn prefetch_and_sync_cache() {
+    let mut h = H::thin();
+    h.run(N0, &cdb10(0x34, 0x02, 0, 8), 0, &[]).good();
+    assert_eq!(h.disk.ios.last().unwrap().op, IoOp::Prefetch);
+    h.run(N0, &cdb16(0x90, 0, 1000, 24), 0, &[]).good();
+    h.run(N0, &cdb10(0x34, 0, 0, 0), 0, &[]).good();
+    h.run(N0, &cdb10(0x34, 0, 1025, 0), 0, &[]).oob();
+    h.run(N0, &cdb16(0x90, 0, u64::MAX, 1), 0, &[]).oob();
+    h.run(N0, &cdb10(0x35, 0, 0, 0), 0, &[]).good();
+    let io = *h.disk.ios.last().unwrap();
+    assert_eq!((io.op, io.lba, io.blocks), (IoOp::Flush, 0, 1024));
+    h.run(N0, &cdb16(0x91, 0, 10, 5), 0, &[]).good();
+    h.run(N0, &cdb16(0x91, 0, 1020, 5), 0, &[]).oob();
+}
+
+// ------------------------------------------------------------------- MODE SENSE / SELECT
+
+#[test]
+fn mode_sense_pages() {
+    let mut h = H::new(LuConfig::new(1000).read_only(true));
+    let o = h.run(N0, &[0x1A, 0, 0x3F, 0, 255, 0], 255, &[]);
+    let d = &o.good().data;
+    // header 4 + bd 8 + 12 + 20 + 12 + 12
+    assert_eq!(d.len(), 68);
+    assert_eq!(&d[..4], &[67, 0, 0x90, 8]);
+    assert_eq!(&d[4..12], &[0, 0, 0x03, 0xE8, 0, 0, 0x02, 0]);
+    assert_eq!(&d[12..16], &[0x01, 0x0A, 0xC0, 0]);
+    assert_eq!(&d[24..27], &[0x08, 0x12, 0x04]);
+    assert_eq!(&d[44..50], &[0x0A, 0x0A, 0x02, 0x10, 0, 0]);
+    assert_eq!(&d[56..59], &[0x1C, 0x0A, 0x08]);
+    assert_eq!(o.residual, Residual::Underflow(255 - 68));
+    // All pages and subpages include the control extension.
+    let o = h.run(N0, &[0x1A, 0x08, 0x3F, 0xFF, 255, 0], 255, &[]);
+    assert_eq!(o.data.len(), 4 + 56 + 32);
+    assert_eq!(&o.data[..4], &[91, 0, 0x90, 0]);
+    assert_eq!(&o.data[48..52], &[0x4A, 0x01, 0x00, 0x1C]);
+    // Changeable values of the control page; 4-byte allocation gets 4 bytes, no residual.
+    let o = h.run(N0, &[0x1A, 0x08, 0x4A, 0, 255, 0], 255, &[]);
+    assert_eq!(
+        o.data,
+        vec![
+            15, 0, 0x90, 0, 0x0A, 0x0A, 0x04, 0, 0x08, 0, 0, 0, 0, 0, 0, 0
+        ]
+    );
+    let o = h.run(N0, &[0x1A, 0, 0x3F, 0, 4, 0], 4, &[]);
+    assert_eq!((o.data.len(), o.residual), (4, Residual::None));
+    // MODE SENSE (10) with LLBAA.
+    let o = h.run(N0, &[0x5A, 0x10, 0x08, 0, 0, 0, 0, 0, 255, 0], 255, &[]);
+    assert_eq!(&o.data[..8], &[0, 42, 0, 0x90, 1, 0, 0, 16]);
+    assert_eq!(
+        &o.data[8..24],
+        &[0, 0, 0, 0, 0, 0, 3, 0xE8, 0, 0, 0, 0, 0, 0, 2, 0]
+    );
+    assert_eq!(&o.data[24..27], &[0x08, 0x12, 0x04]);
+    // Saved values, unknown page, unknown subpage.
+    let o = h.run(N0, &[0x1A, 0, 0xC8, 0, 255, 0], 255, &[]);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::SAVING_PARAMETERS_NOT_SUPPORTED,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0xCF, 0, 2]));
+    h.run(N0, &[0x1A, 0, 0x19, 0, 255, 0], 255, &[])
+        .invalid_cdb(2, Some(5));
+    h.run(N0, &[0x1A, 0, 0x08, 0x05, 255, 0], 255, &[])
+        .invalid_cdb(3, None);
+}
+
+fn control_page_select(d_sense: bool, swp: bool) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 0, 0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+    if d_sense {
+        v[6] |= 0x04;
+    }
+    if swp {
+        v[8] |= 0x08;
+    }
+    v
+}
+
+#[test]
+fn mode_select_swp_dsense_wce() {
+    let mut h = H::thin();
+    let p = control_page_select(true, true);
+    h.run(
+        N0,
+        &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+        p.len() as u32,
+        &p,
+    )
+    .good();
+    assert!(h.lu.write_protected());
+    // Descriptor sense now, and writes are refused.
+    let o = h.run(N0, &cdb10(0x2A, 0, 0, 1), 512, &[0; 512]);
+    let s = o.sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+    assert!(s.is_descriptor());
+    h.run(N0, &cdb10(0x28, 0, 0, 1), 512, &[]).good();
+    // The other nexus gets MODE PARAMETERS CHANGED, this one does not.
+    h.run(N1, &[0; 6], 0, &[])
+        .sense(SenseKey::UnitAttention, Asc::MODE_PARAMETERS_CHANGED);
+    h.run(N0, &[0; 6], 0, &[]).good();
+    let o = h.run(N0, &[0x1A, 0, 0x0A, 0, 255, 0], 255, &[]);
+    assert_eq!(o.data[2], 0x90);
+    assert_eq!(&o.data[12..17], &[0x0A, 0x0A, 0x06, 0x10, 0x08]);
+    let p = control_page_select(false, false);
+    h.run(
+        N0,
+        &[0x15, 0x10, 0, 0, p.len() as u8, 0],
+        p.len() as u32,
+        &p,
+    )
+    .good();
+    assert!(!h.lu.write_protected());
+    // Caching page WCE off via MODE SELECT (10): writes then carry FUA.
+    let mut p = vec![0u8; 8];
+    p.extend_from_slice(&[0x08, 0x12]);
+    p.extend_from_slice(&[0; 18]);
+    h.run(
+        N0,
+        &[0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0],
+        p.len() as u32,
+        &p,
+    )
+    .good();
+    assert!(!h.lu.write_cache_enabled());
+    h.run(N0, &cdb10(0x2A, 0, 0, 1), 512, &[0; 512]).good();
+    assert!(h.disk.ios.last().unwrap().fua);
+}
+
+#[test]
+fn mode_select_errors() {
+    let mut h = H::thin();
+    // A non-changeable bit (QAM cleared).
+    let mut p = control_page_select(false, false);
+    p[7] = 0;
+    let o = h.run(N0, &[0x15, 0x10, 0, 0, 16, 0], 16, &p);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x80, 0, 7]));
+    // Wrong page length.
+    let mut p = control_page_select(false, false);
+    p[5] = 0x0B;
+    let o = h.run(N0, &[0x15, 0x10, 0, 0, 16, 0], 16, &p);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x80, 0, 5]));
+    // Unknown page.
+    let mut p = control_page_select(false, false);
+    p[4] = 0x19;
+    let o = h.run(N0, &[0x15, 0x10, 0, 0, 16, 0], 16, &p);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x88 | 5, 0, 4]));
+    // Truncated page.
+    let p = control_page_select(false, false);
+    h.run(N0, &[0x15, 0x10, 0, 0, 10, 0], 10, &p[..10])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    // Header too short, SP set.
+    h.run(N0, &[0x15, 0x10, 0, 0, 2, 0], 2, &p[..2])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    h.run(N0, &[0x15, 0x11, 0, 0, 16, 0], 16, &p)
+        .invalid_cdb(1, Some(0));
+    // Block descriptor with a wrong block length.
+    let mut p = vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0];
+    let o = h.run(N0, &[0x15, 0x10, 0, 0, 12, 0], 12, &p);
+    let s = o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    assert_eq!(s.sense_key_specific(), Some([0x80, 0, 9]));
+    p[10] = 0x02;
+    h.run(N0, &[0x15, 0x10, 0, 0, 12, 0], 12, &p).good();
+    assert!(!h.lu.write_protected());
+}
+
+// ------------------------------------------------------------------- removable media
+
+#[test]
+fn start_stop_prevent_allow() {
+    let mut h = H::new(LuConfig::new(100).removable(true));
+    let ssu = |loej_start: u8| [0x1B, 1, 0, 0, loej_start, 0];
+    // Eject, then medium commands fail with NOT READY.
+    h.run(N0, &ssu(0x02), 0, &[]).good();
+    assert!(!h.lu.medium_loaded());
+    let nm = |o: Outcome| {
+        o.sense(SenseKey::NotReady, Asc::MEDIUM_NOT_PRESENT);
+    };
+    nm(h.run(N0, &[0; 6], 0, &[]));
+    nm(h.run(N0, &cdb10(0x28, 0, 0, 1), 512, &[]));
+    nm(h.run(N0, &cdb10(0x2A, 0, 0, 1), 512, &[0; 512]));
+    nm(h.run(N0, &cdb10(0x25, 0, 0, 0), 8, &[]));
+    nm(h.run(N0, &cdb16(0x9E, 0x10, 0, 32), 32, &[]));
+    nm(h.run(N0, &cdb10(0x35, 0, 0, 0), 0, &[]));
+    nm(h.run(N0, &cdb10(0x2F, 0, 0, 1), 0, &[]));
+    nm(h.run(N0, &cdb10(0x34, 0, 0, 1), 0, &[]));
+    nm(h.run(N0, &cdb16(0x93, 0, 0, 1), 512, &[0; 512]));
+    // REQUEST SENSE reports it; INQUIRY still works.
+    let o = h.run(N0, &[0x03, 0, 0, 0, 18, 0], 18, &[]);
+    assert_eq!((o.data[2], o.data[12]), (0x02, 0x3A));
+    h.run(N0, &[0x12, 0, 0, 0, 36, 0], 36, &[]).good();
+    // Load.
+    h.run(N0, &ssu(0x03), 0, &[]).good();
+    h.run(N0, &[0; 6], 0, &[]).good();
+    // LOEJ = 0 or a power condition: no change.
+    h.run(N0, &ssu(0x00), 0, &[]).good();
+    h.run(N0, &ssu(0x32), 0, &[]).good();
+    assert!(h.lu.medium_loaded());
+    // PREVENT on one nexus blocks eject from any nexus.
+    h.run(N0, &[0x1E, 0, 0, 0, 1, 0], 0, &[]).good();
+    h.run(N1, &ssu(0x02), 0, &[])
+        .sense(SenseKey::IllegalRequest, Asc::MEDIUM_REMOVAL_PREVENTED);
+    h.run(N0, &ssu(0x02), 0, &[])
+        .sense(SenseKey::IllegalRequest, Asc::MEDIUM_REMOVAL_PREVENTED);
+    h.run(N0, &[0x1E, 0, 0, 0, 2, 0], 0, &[])
+        .invalid_cdb(4, Some(1));
+    // Nexus loss releases the prevent.
+    h.lu.remove_nexus(N0);
+    assert!(!h.lu.removal_prevented());
+    h.run(N1, &ssu(0x02), 0, &[]).good();
+    h.run(N1, &ssu(0x03), 0, &[]).good();
+    // ALLOW clears it too.
+    h.run(N1, &[0x1E, 0, 0, 0, 1, 0], 0, &[]).good();
+    h.run(N1, &[0x1E, 0, 0, 0, 0, 0], 0, &[]).good();
+    h.run(N1, &ssu(0x02), 0, &[]).good();
+}
+
+#[test]
+fn read_only_lu() {
+    let mut h = H::new(LuConfig::new(100).read_only(true).thin(true));
+    let wp = |o: Outcome| {
+        o.sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+        assert_eq!(o.asked_data_out, None);
+    };
+    wp(h.run(N0, &cdb10(0x2A, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &cdb12(0xAA, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &cdb16(0x8A, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &[0x0A, 0, 0, 0, 1, 0], 512, &[0; 512]));
+    wp(h.run(N0, &cdb10(0x2E, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &cdb10(0x41, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &cdb16(0x93, 0x08, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &cdb16(0x8B, 0, 0, 1), 512, &[0; 512]));
+    wp(h.run(N0, &unmap_cdb(24), 24, &unmap_list(&[(0, 1)])));
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    c[13] = 1;
+    wp(h.run(N0, &c, 1024, &[0; 1024]));
+    h.run(N0, &cdb10(0x28, 0, 0, 1), 512, &[]).good();
+    assert!(h.disk.ios.iter().all(|io| io.op == IoOp::Read));
+}
+
+#[test]
+fn read_defect_data() {
+    let mut h = H::thin();
+    let o = h.run(N0, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 255, 0], 255, &[]);
+    assert_eq!(o.good().data, vec![0, 0x1D, 0, 0]);
+    assert_eq!(o.residual, Residual::Underflow(251));
+    let o = h.run(N0, &[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256, &[]);
+    assert_eq!(o.good().data, vec![0, 0x0C, 0, 0, 0, 0, 0, 0]);
+}
+
+// ------------------------------------------------------------------- Target / LUNs
+
+type T = Target<4, 8, 4>;
+
+fn target_run(t: &mut T, lun: Lun, cdb: &[u8], expected: u32) -> (Action, Vec<u8>) {
+    let task = TaskId::new(1, 77);
+    t.submit(
+        lun,
+        task.nexus,
+        task.tag,
+        cdb,
+        DataDirection::Read,
+        expected,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let mut data = Vec::new();
+    loop {
+        let a = t.poll_action().unwrap();
+        assert_eq!(a.lun, lun);
+        match a.action {
+            Action::DataIn { len, .. } => {
+                let mut b = vec![0; len as usize];
+                let n = t.emit_data_in(lun, task, &mut b).unwrap();
+                data.extend_from_slice(&b[..n]);
+            }
+            Action::Complete { .. } => return (a.action, data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn target_report_luns_and_absent_lun() {
+    let mut t = T::new();
+    t.add_lun(0, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    t.add_lun(300, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    assert_eq!(
+        t.add_lun(0, LogicalUnit::new(LuConfig::new(10))).err(),
+        Some(TargetError::LunExists)
+    );
+    let rl = [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let (a, d) = target_run(&mut t, Lun::from_number(0), &rl, 256);
+    assert_eq!(
+        d,
+        vec![
+            0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x41, 0x2C, 0, 0, 0, 0, 0, 0
+        ]
+    );
+    let Action::Complete {
+        status, residual, ..
+    } = a
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (status, residual),
+        (ScsiStatus::Good, Residual::Underflow(232))
+    );
+    // Select report 1 (well known only): empty. Invalid select report.
+    let mut rl1 = rl;
+    rl1[2] = 1;
+    assert_eq!(
+        target_run(&mut t, Lun::from_number(0), &rl1, 256).1,
+        vec![0; 8]
+    );
+    rl1[2] = 7;
+    let (a, _) = target_run(&mut t, Lun::from_number(0), &rl1, 256);
+    let Action::Complete { sense, .. } = a else {
+        panic!()
+    };
+    assert_eq!(sense.unwrap().asc(), Asc::INVALID_FIELD_IN_CDB);
+    // REPORT LUNS to an absent LUN works too.
+    let (_, d) = target_run(&mut t, Lun::from_number(9), &rl, 256);
+    assert_eq!(d.len(), 24);
+    // INQUIRY to an absent LUN: peripheral qualifier 011b.
+    let (_, d) = target_run(&mut t, Lun::from_number(9), &[0x12, 0, 0, 0, 36, 0], 36);
+    assert_eq!(d[0], 0x7F);
+    // Anything else: LOGICAL UNIT NOT SUPPORTED (also for unsupported addressing).
+    for lun in [Lun::from_number(9), Lun(0xC000_0000_0000_0000)] {
+        let (a, _) = target_run(&mut t, lun, &[0; 6], 0);
+        let Action::Complete { status, sense, .. } = a else {
+            panic!()
+        };
+        assert_eq!(status, ScsiStatus::CheckCondition);
+        let s = sense.unwrap();
+        assert_eq!(
+            (s.key(), s.asc()),
+            (SenseKey::IllegalRequest, Asc::LOGICAL_UNIT_NOT_SUPPORTED)
+        );
+    }
+    // LUN inventory change: REPORTED LUNS DATA HAS CHANGED, cleared by REPORT LUNS.
+    let _ = target_run(&mut t, Lun::from_number(300), &[0; 6], 0); // POWER ON UA
+    t.add_lun(5, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    let (a, _) = target_run(&mut t, Lun::from_number(300), &rl, 256);
+    assert!(matches!(
+        a,
+        Action::Complete {
+            status: ScsiStatus::Good,
+            ..
+        }
+    ));
+    let (a, _) = target_run(&mut t, Lun::from_number(300), &[0; 6], 0);
+    assert!(matches!(
+        a,
+        Action::Complete {
+            status: ScsiStatus::Good,
+            ..
+        }
+    ));
+    assert_eq!(t.lun_numbers(), &[0, 5, 300]);
+    assert!(t.remove_lun(5).is_ok());
+    assert_eq!(t.remove_lun(5).err(), Some(TargetError::NoSuchLun));
+}
+
+// ------------------------------------------------------------------- ordering and TMF
+
+fn submit(lu: &mut Lu, tag: u32, cdb: &[u8], expected: u32, attr: TaskAttr) -> TaskId {
+    lu.submit(N0, TaskTag(tag), cdb, DataDirection::Read, expected, attr)
+        .unwrap();
+    TaskId {
+        nexus: N0,
+        tag: TaskTag(tag),
+    }
+}
+
+fn fresh_lu() -> Lu {
+    let mut lu = Lu::new(LuConfig::new(1024));
+    lu.add_nexus(N0).unwrap();
+    assert_eq!(lu.pending_unit_attentions(N0), &[Asc::POWER_ON_RESET]);
+    // TEST UNIT READY consumes the unit attention.
+    submit(&mut lu, 999, &[0; 6], 0, TaskAttr::Simple);
+    while lu.poll_action().is_some() {}
+    assert_eq!(lu.pending_unit_attentions(N0), &[]);
+    lu
+}
+
+#[test]
+fn overlapping_writes_serialize_and_simple_reads_run_together() {
+    let mut lu = fresh_lu();
+    let a = submit(&mut lu, 1, &cdb10(0x28, 0, 0, 8), 4096, TaskAttr::Simple);
+    let b = submit(&mut lu, 2, &cdb10(0x28, 0, 4, 8), 4096, TaskAttr::Simple);
+    let w = submit(&mut lu, 3, &cdb10(0x2A, 0, 6, 1), 512, TaskAttr::Simple);
+    let c = submit(&mut lu, 4, &cdb10(0x28, 0, 100, 1), 512, TaskAttr::Simple);
+    // Both reads and the unrelated read go; the overlapping write waits.
+    let mut got = Vec::new();
+    while let Some(x) = lu.poll_action() {
+        got.push(x.task());
+    }
+    assert_eq!(got, vec![a, b, c]);
+    lu.complete_io(a, IoResult::Ok).unwrap();
+    assert!(matches!(lu.poll_action(), Some(Action::Complete { task, .. }) if task == a));
+    assert_eq!(lu.poll_action(), None);
+    lu.complete_io(b, IoResult::Ok).unwrap();
+    assert!(matches!(lu.poll_action(), Some(Action::Complete { task, .. }) if task == b));
+    assert!(matches!(lu.poll_action(), Some(Action::NeedDataOut { task, len: 512 }) if task == w));
+    // Callbacks in the wrong state are refused.
+    assert_eq!(
+        lu.complete_io(w, IoResult::Ok),
+        Err(CallbackError::WrongState)
+    );
+    assert_eq!(
+        lu.complete_io(TaskId::new(9, 9), IoResult::Ok),
+        Err(CallbackError::UnknownTask)
+    );
+}
+
+#[test]
+fn ordered_and_head_of_queue() {
+    let mut lu = fresh_lu();
+    let a = submit(&mut lu, 1, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Simple);
+    let o = submit(&mut lu, 2, &cdb10(0x28, 0, 50, 1), 512, TaskAttr::Ordered);
+    let b = submit(&mut lu, 3, &cdb10(0x28, 0, 60, 1), 512, TaskAttr::Simple);
+    let h = submit(&mut lu, 4, &[0; 6], 0, TaskAttr::HeadOfQueue);
+    // HEAD OF QUEUE first, then the older SIMPLE; ORDERED and the newer SIMPLE wait.
+    assert!(matches!(lu.poll_action(), Some(Action::Complete { task, .. }) if task == h));
+    assert!(matches!(lu.poll_action(), Some(Action::Io(io)) if io.task == a));
+    assert_eq!(lu.poll_action(), None);
+    lu.complete_io(a, IoResult::Ok).unwrap();
+    assert!(matches!(lu.poll_action(), Some(Action::Complete { task, .. }) if task == a));
+    assert!(matches!(lu.poll_action(), Some(Action::Io(io)) if io.task == o));
+    assert_eq!(lu.poll_action(), None);
+    lu.complete_io(o, IoResult::Ok).unwrap();
+    assert!(matches!(lu.poll_action(), Some(Action::Complete { task, .. }) if task == o));
+    assert!(matches!(lu.poll_action(), Some(Action::Io(io)) if io.task == b));
+}
+
+#[test]
+fn task_set_full_and_duplicate_tag() {
+    let mut lu = fresh_lu();
+    for k in 0..16 {
+        submit(&mut lu, k, &[0; 6], 0, TaskAttr::Simple);
+    }
+    assert_eq!(
+        lu.submit(
+            N0,
+            TaskTag(100),
+            &[0; 6],
+            DataDirection::None,
+            0,
+            TaskAttr::Simple
+        ),
+        Err(SubmitError::TaskSetFull)
+    );
+    while lu.poll_action().is_some() {}
+    submit(&mut lu, 1, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Simple);
+    assert_eq!(
+        lu.submit(
+            N0,
+            TaskTag(1),
+            &[0; 6],
+            DataDirection::None,
+            0,
+            TaskAttr::Simple
+        ),
+        Err(SubmitError::DuplicateTag)
+    );
+    let mut small = LogicalUnit::<4, 1>::new(LuConfig::new(8));
+    small.add_nexus(N0).unwrap();
+    assert_eq!(small.add_nexus(N1), Err(NexusError::TableFull));
+    assert_eq!(
+        small.submit(
+            N1,
+            TaskTag(1),
+            &[0; 6],
+            DataDirection::None,
+            0,
+            TaskAttr::Simple
+        ),
+        Err(SubmitError::NexusTableFull)
+    );
+}
+
+#[test]
+fn task_management() {
+    let mut lu = fresh_lu();
+    lu.add_nexus(N1).unwrap();
+    let a = submit(&mut lu, 1, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Simple);
+    let b = submit(&mut lu, 2, &cdb10(0x2A, 0, 0, 1), 512, TaskAttr::Simple);
+    assert!(matches!(lu.poll_action(), Some(Action::Io(_))));
+    assert_eq!(lu.poll_action(), None);
+    // b is queued behind a: abort it at once.
+    assert_eq!(
+        lu.abort_task(b),
+        TmfOutcome {
+            aborted: 1,
+            in_flight: 0
+        }
+    );
+    // a's I/O is in flight: it stays until the runtime reports it, without a response.
+    assert_eq!(
+        lu.abort_task_set(N0),
+        TmfOutcome {
+            aborted: 0,
+            in_flight: 1
+        }
+    );
+    assert!(lu.has_task(a));
+    lu.complete_io(a, IoResult::Ok).unwrap();
+    assert!(!lu.has_task(a));
+    assert_eq!(lu.poll_action(), None);
+    // CLEAR TASK SET by N1 raises COMMANDS CLEARED for N0.
+    submit(&mut lu, 3, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Ordered);
+    submit(&mut lu, 4, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Ordered);
+    let out = lu.clear_task_set(N1);
+    assert_eq!(out.aborted, 2);
+    assert_eq!(
+        lu.pending_unit_attentions(N0),
+        &[Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR]
+    );
+    // LU reset: BUS DEVICE RESET for everyone, supersedes the rest; mode parameters reset.
+    lu.lu_reset();
+    assert_eq!(lu.pending_unit_attentions(N0), &[Asc::BUS_DEVICE_RESET]);
+    assert_eq!(lu.pending_unit_attentions(N1), &[Asc::BUS_DEVICE_RESET]);
+    lu.nexus_reset(N1);
+    assert_eq!(lu.pending_unit_attentions(N1), &[Asc::I_T_NEXUS_LOSS]);
+    assert_eq!(lu.active_tasks(), 0);
+}
+
+#[test]
+fn capacity_change_raises_ua() {
+    let mut h = H::thin();
+    h.lu.set_num_blocks(2048);
+    h.run(N0, &[0; 6], 0, &[])
+        .sense(SenseKey::UnitAttention, Asc::CAPACITY_DATA_HAS_CHANGED);
+    let o = h.run(N0, &cdb10(0x25, 0, 0, 0), 8, &[]);
+    assert_eq!(&o.data[..4], &2047u32.to_be_bytes());
+}
+
+#[test]
+fn unmap_ranges_iterator_and_or_into() {
+    let l = unmap_list(&[(1, 2), (u64::MAX, 7)]);
+    let v: Vec<_> = UnmapRanges::new(&l).collect();
+    assert_eq!(v, vec![(1, 2), (u64::MAX, 7)]);
+    assert_eq!(UnmapRanges::new(&l[..30]).count(), 1);
+    assert_eq!(UnmapRanges::new(&l[..5]).count(), 0);
+    let mut a = [0x0F, 0xF0, 0];
+    or_into(&mut a, &[0xF0, 0x0F]);
+    assert_eq!(a, [0xFF, 0xFF, 0]);
+}
+
+proptest::proptest! {
+    /// Arbitrary CDBs and parameter lists never panic and always finish.
+    #[test]
+    fn arbitrary_commands_complete(cdb in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                                   data in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+                                   expected in 0u32..4096) {
+        let mut h = H::new(LuConfig::new(64).thin(true).removable(true));
+        let mut data = data;
+        data.resize(4096, 0);
+        h.tag += 1;
+        let task = TaskId { nexus: N0, tag: TaskTag(h.tag) };
+        h.lu.submit(N0, task.tag, &cdb, DataDirection::Write, expected, TaskAttr::Simple).unwrap();
+        let o = h.drive(task, &data);
+        proptest::prop_assert!(o.data.len() <= expected as usize);
+    }
+}
+
+#[test]
+fn target_routes_io_callbacks() {
+    let mut t = T::new();
+    t.add_lun(3, LogicalUnit::new(LuConfig::new(16))).unwrap();
+    let lun = Lun::from_bytes([0x40, 3, 0, 0, 0, 0, 0, 0]); // flat addressing
+    let task = TaskId::new(5, 1);
+    // First command: POWER ON unit attention.
+    t.submit(
+        lun,
+        task.nexus,
+        task.tag,
+        &[0; 6],
+        DataDirection::None,
+        0,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let a = t.poll_action().unwrap();
+    assert!(matches!(
+        a.action,
+        Action::Complete {
+            status: ScsiStatus::CheckCondition,
+            ..
+        }
+    ));
+    t.submit(
+        lun,
+        task.nexus,
+        task.tag,
+        &cdb10(0x2A, 0, 2, 1),
+        DataDirection::Write,
+        512,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let a = t.poll_action().unwrap();
+    assert_eq!(a.lun, lun);
+    assert_eq!(a.action, Action::NeedDataOut { task, len: 512 });
+    t.data_out_ready(lun, task, &[1; 512]).unwrap();
+    let a = t.poll_action().unwrap();
+    let Action::Io(io) = a.action else { panic!() };
+    assert_eq!(
+        (io.op, io.lba, io.blocks, io.byte_offset(), io.byte_len()),
+        (IoOp::Write, 2, 1, 1024, 512)
+    );
+    t.complete_io(lun, task, IoResult::Ok).unwrap();
+    let a = t.poll_action().unwrap();
+    assert_eq!(
+        a.action,
+        Action::Complete {
+            task,
+            status: ScsiStatus::Good,
+            sense: None,
+            residual: Residual::None
+        }
+    );
+    assert_eq!(t.poll_action(), None);
+    // REQUEST SENSE to an absent LUN: GOOD with LOGICAL UNIT NOT SUPPORTED sense data.
+    let (_, d) = target_run(&mut t, Lun::from_number(1), &[0x03, 0, 0, 0, 18, 0], 18);
+    assert_eq!((d[2], d[12], d[13]), (0x05, 0x25, 0x00));
+}
+
+#[test]
+fn descriptor_sense_after_d_sense() {
+    let mut h = H::thin();
+    let p = control_page_select(true, false);
+    h.run(N0, &[0x15, 0x10, 0, 0, 16, 0], 16, &p).good();
+    let o = h.run(N0, &cdb10(0x28, 0x40, 0, 1), 512, &[]);
+    let s = o.sense.unwrap();
+    assert_eq!(
+        s.as_bytes(),
+        &[
+            0x72, 0x05, 0x24, 0x00, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xCF, 0x00, 0x01, 0
+        ]
+    );
+    // LU reset restores fixed format.
+    h.lu.lu_reset();
+    h.run(N0, &[0; 6], 0, &[])
+        .sense(SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+    let o = h.run(N0, &cdb10(0x28, 0x40, 0, 1), 512, &[]);
+    assert_eq!(o.sense.unwrap().as_bytes()[0], 0x70);
+}
+
+#[test]
+fn get_lba_status_truncated_and_aborted_data_out() {
+    let mut h = H::thin();
+    h.disk.write(0, &[1u8; 512]);
+    let o = h.run(N0, &cdb16(0x9E, 0x12, 0, 16), 16, &[]);
+    let mut want = vec![0, 0, 0, 20, 0, 0, 0, 0];
+    want.extend_from_slice(&0u64.to_be_bytes());
+    assert_eq!(o.good().data, want);
+    assert_eq!(o.residual, Residual::None);
+    // Allocation length 0: no data, no I/O.
+    let n = h.disk.ios.len();
+    let o = h.run(N0, &cdb16(0x9E, 0x12, 0, 0), 0, &[]);
+    assert!(o.good().data.is_empty());
+    assert_eq!(h.disk.ios.len(), n);
+    // A task aborted while waiting for Data-Out is gone at once.
+    let task = TaskId {
+        nexus: N0,
+        tag: TaskTag(4242),
+    };
+    h.lu.submit(
+        N0,
+        task.tag,
+        &cdb10(0x2A, 0, 0, 1),
+        DataDirection::Write,
+        512,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    assert!(matches!(
+        h.lu.poll_action(),
+        Some(Action::NeedDataOut { .. })
+    ));
+    assert_eq!(
+        h.lu.abort_task(task),
+        TmfOutcome {
+            aborted: 1,
+            in_flight: 0
+        }
+    );
+    assert_eq!(
+        h.lu.data_out_ready(task, &[0; 512]),
+        Err(CallbackError::UnknownTask)
+    );
+    assert_eq!(h.lu.poll_action(), None);
+}
+
+#[test]
+fn target_without_lun0_has_a_controller() {
+    let mut t = T::new();
+    t.add_lun(5, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    let rl = [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let (_, d) = target_run(&mut t, Lun::from_number(5), &rl, 256);
+    assert_eq!(
+        d,
+        vec![
+            0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0
+        ]
+    );
+    let l0 = Lun::from_number(0);
+    let (_, d) = target_run(&mut t, l0, &[0x12, 0, 0, 0, 96, 0], 96);
+    assert_eq!(&d[..3], &[0x0C, 0, 6]);
+    let (_, d) = target_run(&mut t, l0, &[0x12, 1, 0, 0, 96, 0], 96);
+    assert_eq!(d, vec![0x0C, 0, 0, 1, 0]);
+    let (a, _) = target_run(&mut t, l0, &[0; 6], 0);
+    assert!(matches!(
+        a,
+        Action::Complete {
+            status: ScsiStatus::Good,
+            ..
+        }
+    ));
+    let (a, _) = target_run(&mut t, l0, &cdb10(0x28, 0, 0, 1), 512);
+    let Action::Complete { sense, .. } = a else {
+        panic!()
+    };
+    assert_eq!(sense.unwrap().asc(), Asc::INVALID_COMMAND_OPERATION_CODE);
+    let (_, d) = target_run(&mut t, l0, &rl, 256);
+    assert_eq!(d.len(), 24);
+    let (_, d) = target_run(&mut t, Lun::from_number(9), &[0x12, 0, 0, 0, 96, 0], 96);
+    assert_eq!(d[0], 0x7F);
+    // Configuring LUN 0 replaces the controller.
+    t.add_lun(0, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    let (_, d) = target_run(&mut t, l0, &[0x12, 0, 0, 0, 96, 0], 96);
+    assert_eq!(d[0], 0x00);
+    let (_, d) = target_run(&mut t, Lun::from_number(5), &rl, 256);
+    assert_eq!(&d[..4], &[0, 0, 0, 16]);
+}

@@ -1,0 +1,177 @@
+//! `tgt-cli daemon`: builds the target registry from a validated config, opens the backing
+//! stores, starts the runtime and serves until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use backstore::{BackingStore, FileStore, MemoryStore, NullStore, OpenOptions};
+use iscsi_target::driver::DriverConfig;
+use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth, TargetNode};
+use scsi_core::{BlockSize, LuConfig};
+
+use crate::config::{BsType, LunSpec, RuntimeKind, TargetSpec, Validated};
+
+/// How long initiators get to log out at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Opens a LUN's backing store as its spec says (creating a missing file sparse at `size`).
+pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
+    let bs = spec.block_size;
+    Ok(match spec.bstype {
+        BsType::Memory => Arc::new(MemoryStore::new(spec.size.unwrap_or(0), bs)?),
+        BsType::Null => Arc::new(NullStore::new(spec.size.unwrap_or(0), bs)?),
+        BsType::Rdwr | BsType::Aio => {
+            let path = spec.path.as_deref().ok_or_else(|| anyhow!("no backing_store path"))?;
+            if spec.readonly && !Path::new(path).exists() {
+                return Err(anyhow!("backing_store {path:?} does not exist (a read-only LUN is never created)"));
+            }
+            let opts = OpenOptions {
+                read_only: spec.readonly,
+                create_size: spec.size,
+                block_size: bs,
+                direct: spec.bstype == BsType::Aio,
+                ..OpenOptions::default()
+            };
+            let store = match FileStore::open(path, &opts) {
+                Err(e) if opts.direct => {
+                    // Some filesystems (tmpfs) refuse O_DIRECT: fall back to buffered I/O.
+                    log::warn!("{path}: {e}; opening without O_DIRECT");
+                    FileStore::open(path, &OpenOptions { direct: false, ..opts })?
+                }
+                r => r?,
+            };
+            Arc::new(store)
+        }
+    })
+}
+
+/// Builds one LU's scsi-core configuration.
+pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig {
+    let bs = if spec.block_size == 4096 { BlockSize::B4096 } else { BlockSize::B512 };
+    let blocks = store.size() / u64::from(spec.block_size);
+    let serial = format!("tgtrs{tid:04}{:05}", spec.lun);
+    // NAA 6 (registered extended) with an OUI-style prefix and the tid/lun in the low bits.
+    let naa = 0x6001_4050_0000_0000u64 | (u64::from(tid) << 16) | spec.lun;
+    LuConfig::new(blocks)
+        .block_size(bs)
+        .read_only(spec.readonly)
+        .removable(spec.removable)
+        .thin(spec.thin)
+        .serial(&serial)
+        .naa(naa)
+}
+
+/// Adds a target and its LUNs to the registry.
+pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
+    let node = TargetNode::new(t.tid, &t.name);
+    node.set_acl(t.initiators.clone());
+    node.set_auth(TargetAuth { incoming: t.incoming.clone(), outgoing: t.outgoing.clone() });
+    for l in &t.luns {
+        let store = open_store(l).with_context(|| format!("target {} lun {}", t.tid, l.lun))?;
+        let cfg = lu_config(t.tid, l, &*store);
+        let info = LunInfo {
+            number: l.lun as u16,
+            bstype: l.bstype.as_str().to_string(),
+            path: l.path.clone(),
+            size: store.size(),
+            block_size: l.block_size,
+            readonly: l.readonly,
+            removable: l.removable,
+            thin: l.thin,
+        };
+        node.add_lun(LunBackend { info, store, stats: LunStats::default() }, cfg)
+            .map_err(|e| anyhow!("target {} lun {}: {e}", t.tid, l.lun))?;
+    }
+    registry.add_target(node).map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Builds the whole registry; nothing is served unless every target and LUN opened.
+pub fn build_registry(v: &Validated) -> Result<Arc<Registry>> {
+    let registry = Arc::new(Registry::new());
+    for t in &v.targets {
+        add_target(&registry, t)?;
+        if t.initiators.is_empty() {
+            log::warn!("target {} ({}) has no initiators: nobody can log in", t.tid, t.name);
+        }
+    }
+    Ok(registry)
+}
+
+enum Running {
+    Threads(runtime_threads::Server),
+    Mio(runtime_mio::Server),
+}
+
+impl Running {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Running::Threads(s) => s.local_addrs(),
+            Running::Mio(s) => s.local_addrs(),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            Running::Threads(s) => s.shutdown(SHUTDOWN_GRACE),
+            Running::Mio(s) => s.shutdown(SHUTDOWN_GRACE),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(v: Validated) -> Result<()> {
+    let registry = build_registry(&v)?;
+    let cfg = DriverConfig::default();
+    let running = match v.runtime {
+        RuntimeKind::Threads => {
+            Running::Threads(runtime_threads::Server::start(registry.clone(), cfg, &v.listen)?)
+        }
+        RuntimeKind::Mio => Running::Mio(runtime_mio::Server::start(
+            registry.clone(),
+            cfg,
+            &v.listen,
+            runtime_mio::MioConfig { reactors: v.reactors, ..runtime_mio::MioConfig::default() },
+        )?),
+    };
+    let addrs: Vec<String> = running.addrs().iter().map(|a| a.to_string()).collect();
+    log::info!("listening on {} ({:?} runtime)", addrs.join(", "), v.runtime);
+    for t in registry.targets() {
+        for l in t.backends() {
+            let i = &l.info;
+            log::info!(
+                "target {} {} lun {}: {} {} bytes, {}-byte blocks{}{}{}",
+                t.tid,
+                t.name,
+                i.number,
+                i.path.as_deref().unwrap_or(&i.bstype),
+                i.size,
+                i.block_size,
+                if i.readonly { ", read-only" } else { "" },
+                if i.removable { ", removable" } else { "" },
+                if i.thin { ", thin" } else { "" },
+            );
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("shutting down: asking initiators to log out");
+    running.shutdown();
+    for t in registry.targets() {
+        for l in t.backends() {
+            if let Err(e) = l.store.flush() {
+                log::warn!("flush of target {} lun {}: {e}", t.tid, l.info.number);
+            }
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
