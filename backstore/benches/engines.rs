@@ -164,7 +164,16 @@ fn engines(c: &mut Criterion) {
         }
         if !write {
             let engine = rdwr(file.clone(), 1);
-            group.bench_function("file/inline-preadv2", |b| {
+            if engine.try_read_inline(&mut pool.get(BLOCK), 0).is_some() {
+                group.bench_function("file/inline-preadv2", |b| {
+                    b.iter(|| drive_inline(&*engine, &pool, &mut rng))
+                });
+            } else {
+                eprintln!("skipping file/inline-preadv2: RWF_NOWAIT not supported here");
+            }
+            // The synchronous path of a thread-per-connection runtime, on memory.
+            let engine = rdwr(memory.clone(), 1);
+            group.bench_function("memory/sync-read_at", |b| {
                 b.iter(|| drive_inline(&*engine, &pool, &mut rng))
             });
         }

@@ -542,7 +542,12 @@ fn shutdown_completes_or_cancels_each_request_once() {
     for tag in 0..50 {
         engine.submit(Request::write(tag, IoBuf::alloc(512), tag * 512, false));
     }
-    std::thread::sleep(Duration::from_millis(30));
+    // Shut down once both workers are inside the store (two requests running).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.counts().writes < 2 {
+        assert!(Instant::now() < deadline, "workers never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     engine.shutdown();
     engine.submit(Request::read(50, IoBuf::alloc(512), 0));
     let all = collect(&*engine, 51);
@@ -555,7 +560,7 @@ fn shutdown_completes_or_cancels_each_request_once() {
         .filter(|c| c.result == Err(StoreError::CANCELLED))
         .count();
     assert_eq!(ok + cancelled, 51);
-    assert!(ok >= 2 && cancelled >= 30, "ok {ok}, cancelled {cancelled}");
+    assert!(ok >= 2 && cancelled >= 10, "ok {ok}, cancelled {cancelled}");
     assert_eq!(
         slow.counts().writes as usize,
         ok,

@@ -16,23 +16,26 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use iscsi_proto::login::{
-    Authorization, AuthPolicy, ChapChallenge, ChapCredentials, JoinDecision, LoginHooks, SessionType,
-};
 use iscsi_proto::login::chap::CHALLENGE_LEN;
 use iscsi_proto::login::discovery::{Portal, TargetInfo};
+use iscsi_proto::login::{
+    AuthPolicy, Authorization, ChapChallenge, ChapCredentials, JoinDecision, LoginHooks,
+    SessionType,
+};
 use iscsi_proto::session::{
     CloseReason, Command, ConnConfig, Connection, Direction, Event, Hooks, Ingress, Residual,
     ScsiStatus, TaskData, TaskHandle, TaskMgmt, Timestamp, Transmit,
 };
 use iscsi_proto::wire::{LogoutResponseCode, TaskAttr as WireAttr, TmfFunction, TmfResponse};
-use scsi_core::{Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag};
+use scsi_core::{
+    Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag,
+};
 
 use crate::exec::{IoAnswer, IoCallbacks, execute};
-use crate::registry::{LunBackend, Registry, ScsiTarget, SessionRecord, TargetNode, Wake};
+use crate::registry::{IoKind, LunBackend, Registry, ScsiTarget, SessionRecord, TargetNode, Wake};
 
 /// Task slots per connection (the connection's task table).
 pub const TASKS: usize = 128;
@@ -76,7 +79,10 @@ pub struct IoJob {
 
 impl std::fmt::Debug for IoJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoJob").field("req", &self.req).field("slot", &self.slot).finish()
+        f.debug_struct("IoJob")
+            .field("req", &self.req)
+            .field("slot", &self.slot)
+            .finish()
     }
 }
 
@@ -84,22 +90,30 @@ impl IoJob {
     /// Performs the request on the LUN's store (blocking).
     pub fn run(&mut self) {
         let start = std::time::Instant::now();
-        let a = execute(&*self.backend.store, &self.req, &mut self.buf, &mut self.scratch);
-        let stats = &self.backend.stats;
-        let bytes = self.req.byte_len();
-        match self.req.op {
-            scsi_core::IoOp::Read => {
-                stats.read_ops.fetch_add(1, Ordering::Relaxed);
-                stats.read_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            scsi_core::IoOp::Write => {
-                stats.write_ops.fetch_add(1, Ordering::Relaxed);
-                stats.write_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            _ => {}
-        }
+        let a = execute(
+            &*self.backend.store,
+            &self.req,
+            &mut self.buf,
+            &mut self.scratch,
+        );
+        let kind = match self.req.op {
+            scsi_core::IoOp::Read => IoKind::Read,
+            scsi_core::IoOp::Write => IoKind::Write,
+            _ => IoKind::Other,
+        };
+        let ok = !matches!(
+            a,
+            IoAnswer::Complete(
+                scsi_core::IoResult::ReadError
+                    | scsi_core::IoResult::WriteError
+                    | scsi_core::IoResult::NoSpace
+                    | scsi_core::IoResult::OutOfRange
+                    | scsi_core::IoResult::NotReady
+                    | scsi_core::IoResult::Failed
+            )
+        );
         let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        stats.latency_us.fetch_add(us, Ordering::Relaxed);
+        self.backend.stats.record(kind, self.req.byte_len(), us, ok);
         self.answer = Some(a);
     }
 }
@@ -168,7 +182,10 @@ impl LoginHooks for Ctx {
             (_, Some(name)) => match self.registry.target_by_name(name) {
                 None => Authorization::TargetNotFound,
                 Some(t) if !t.allows(self.peer.ip(), initiator_name) => {
-                    log::info!("login of {initiator_name} from {} to {name} refused by ACL", self.peer);
+                    log::info!(
+                        "login of {initiator_name} from {} to {name} refused by ACL",
+                        self.peer
+                    );
                     Authorization::NotAllowed
                 }
                 Some(t) if t.auth().incoming.is_empty() => Authorization::Allowed(AuthPolicy::None),
@@ -190,7 +207,13 @@ impl LoginHooks for Ctx {
         ChapCredentials::new(&u, s.as_bytes()).ok()
     }
 
-    fn join_session(&mut self, initiator: &str, isid: [u8; 6], tsih: u16, _cid: u16) -> JoinDecision {
+    fn join_session(
+        &mut self,
+        initiator: &str,
+        isid: [u8; 6],
+        tsih: u16,
+        _cid: u16,
+    ) -> JoinDecision {
         if self.registry.session_exists(initiator, isid, tsih) {
             // One connection per session (MaxConnections=1).
             JoinDecision::TooManyConnections
@@ -213,17 +236,29 @@ impl Hooks for Ctx {
             .portals()
             .into_iter()
             .map(|p| {
-                let ip = if p.ip().is_unspecified() { self.local.ip() } else { p.ip() };
+                let ip = if p.ip().is_unspecified() {
+                    self.local.ip()
+                } else {
+                    p.ip()
+                };
                 SocketAddr::new(ip, p.port()).to_string()
             })
             .collect();
-        let portals: Vec<Portal<'_>> =
-            addrs.iter().map(|a| Portal { address: a, tpgt: self.registry.tpgt }).collect();
+        let portals: Vec<Portal<'_>> = addrs
+            .iter()
+            .map(|a| Portal {
+                address: a,
+                tpgt: self.registry.tpgt,
+            })
+            .collect();
         let targets = self.registry.targets();
         let visible: Vec<TargetInfo<'_>> = targets
             .iter()
             .filter(|t| t.allows(self.peer.ip(), initiator_name))
-            .map(|t| TargetInfo { name: &t.name, portals: &portals })
+            .map(|t| TargetInfo {
+                name: &t.name,
+                portals: &portals,
+            })
             .collect();
         f(&visible);
     }
@@ -256,12 +291,16 @@ pub struct Driver {
     jobs: VecDeque<IoJob>,
     wake: Wake,
     kill: Arc<AtomicBool>,
+    /// A logout request from the admin side: `0x1_0000 | seconds`, 0 when none.
+    logout_req: Arc<AtomicU32>,
     hdr: Vec<u8>,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("peer", &self.ctx.peer).finish_non_exhaustive()
+        f.debug_struct("Driver")
+            .field("peer", &self.ctx.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -289,7 +328,9 @@ pub struct Outgoing {
 fn random_challenge() -> ChapChallenge {
     use std::io::Read;
     let mut b = [0u8; 1 + CHALLENGE_LEN];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
     if !ok {
         // Fall back to the process's randomly keyed SipHash over the time.
         use std::hash::{BuildHasher, Hasher};
@@ -297,14 +338,22 @@ fn random_challenge() -> ChapChallenge {
         for (i, chunk) in b.chunks_mut(8).enumerate() {
             let mut h = rs.build_hasher();
             h.write_usize(i);
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
             let v = h.finish().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
     let mut challenge = [0u8; CHALLENGE_LEN];
     challenge.copy_from_slice(&b[1..]);
-    ChapChallenge { id: b[0], challenge }
+    ChapChallenge {
+        id: b[0],
+        challenge,
+    }
 }
 
 fn scsi_dir(d: Direction) -> DataDirection {
@@ -352,13 +401,18 @@ impl Driver {
         conn_cfg.login.target_portal_group_tag = registry.tpgt;
         Driver {
             conn: Box::new(Connection::new(conn_cfg, random_challenge(), now)),
-            ctx: Ctx { registry, peer, local },
+            ctx: Ctx {
+                registry,
+                peer,
+                local,
+            },
             slots: (0..TASKS).map(|_| Slot::default()).collect(),
             bound: None,
             actions: VecDeque::new(),
             jobs: VecDeque::new(),
             wake,
             kill: Arc::new(AtomicBool::new(false)),
+            logout_req: Arc::new(AtomicU32::new(0)),
             hdr: vec![0u8; BUF + 64],
         }
     }
@@ -385,7 +439,12 @@ impl Driver {
         let mut status = InputStatus::NeedMore;
         while !self.conn.is_closed() && start < rx.len() {
             match self.conn.handle_input(now, &rx[start..], &mut self.ctx) {
-                Ok(Ingress::Data { consumed, task, offset, data }) => {
+                Ok(Ingress::Data {
+                    consumed,
+                    task,
+                    offset,
+                    data,
+                }) => {
                     let slot = &mut self.slots[task.index()];
                     if slot.handle != Some(task) {
                         slot.reset(task);
@@ -415,14 +474,27 @@ impl Driver {
         }
         rx.drain(..start);
         self.process(now);
-        if self.conn.is_closed() { InputStatus::Closed } else { status }
+        if self.conn.is_closed() {
+            InputStatus::Closed
+        } else {
+            status
+        }
     }
 
     /// Called when the waker fired.
     pub fn handle_wake(&mut self, now: Timestamp) {
         if self.kill.swap(false, Ordering::AcqRel) {
-            log::info!("closing session of {} (reinstated or removed)", self.ctx.peer);
+            log::info!(
+                "closing session of {} (reinstated or removed)",
+                self.ctx.peer
+            );
             self.conn.close();
+        }
+        let logout = self.logout_req.swap(0, Ordering::AcqRel);
+        if logout != 0 && !self.conn.is_closed() {
+            log::info!("asking {} to log out (admin request)", self.ctx.peer);
+            self.request_logout(now, (logout & 0xffff) as u16);
+            return;
         }
         self.process(now);
     }
@@ -442,7 +514,10 @@ impl Driver {
 
     /// Hands back a job after [`IoJob::run`].
     pub fn io_done(&mut self, now: Timestamp, mut job: IoJob) {
-        let answer = job.answer.take().unwrap_or(IoAnswer::Complete(scsi_core::IoResult::Failed));
+        let answer = job
+            .answer
+            .take()
+            .unwrap_or(IoAnswer::Complete(scsi_core::IoResult::Failed));
         let slot = &mut self.slots[job.slot];
         slot.in_io = false;
         slot.buf = std::mem::take(&mut job.buf);
@@ -450,7 +525,15 @@ impl Driver {
         if let Some(b) = &self.bound {
             let mut g = b.target.scsi();
             let slot = &self.slots[job.slot];
-            answer.apply(&mut LuCalls { t: g.target(), lun: job.lun }, job.req.task, &slot.buf, &slot.scratch);
+            answer.apply(
+                &mut LuCalls {
+                    t: g.target(),
+                    lun: job.lun,
+                },
+                job.req.task,
+                &slot.buf,
+                &slot.scratch,
+            );
             g.drain_actions(b.nexus, &mut self.actions);
         }
         let _ = job.handle;
@@ -469,7 +552,10 @@ impl Driver {
     /// is in [`Outgoing::data`] (read it with [`Driver::task_data`]).
     pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Outgoing> {
         match self.conn.poll_transmit(now, &mut self.hdr) {
-            Ok(Some(Transmit { len, data })) => Some(Outgoing { header_len: len, data }),
+            Ok(Some(Transmit { len, data, .. })) => Some(Outgoing {
+                header_len: len,
+                data,
+            }),
             Ok(None) => None,
             Err(e) => {
                 log::error!("transmit buffer too small: {e:?}");
@@ -545,10 +631,13 @@ impl Driver {
     }
 
     fn bind(&mut self) {
-        let Some(out) = self.conn.login_outcome() else { return };
+        let Some(out) = self.conn.login_outcome() else {
+            return;
+        };
         let initiator = out.initiator_name.as_str().to_string();
         let isid = out.isid;
         let tsih = out.tsih;
+        let params = out.params;
         if out.session_type == SessionType::Discovery {
             log::info!("discovery session from {} ({initiator})", self.ctx.peer);
             return;
@@ -568,6 +657,8 @@ impl Driver {
         }
         let kill = self.kill.clone();
         let kill_wake = wake.clone();
+        let logout_req = self.logout_req.clone();
+        let logout_wake = wake.clone();
         registry.register_session(SessionRecord {
             tsih,
             initiator: initiator.clone(),
@@ -579,6 +670,11 @@ impl Driver {
                 kill.store(true, Ordering::Release);
                 kill_wake();
             })),
+            logout: Some(Arc::new(move |secs: u16| {
+                logout_req.store(0x1_0000 | u32::from(secs), Ordering::Release);
+                logout_wake();
+            })),
+            params: Some(params),
         });
         log::info!(
             "login: {initiator} from {} to {} (tsih {tsih}, nexus {})",
@@ -586,12 +682,18 @@ impl Driver {
             target.name,
             nexus.0
         );
-        self.bound = Some(Bound { target, nexus, tsih });
+        self.bound = Some(Bound {
+            target,
+            nexus,
+            tsih,
+        });
     }
 
     fn unbind(&mut self) {
         if let Some(b) = self.bound.take() {
-            self.ctx.registry.unregister_session(b.tsih, b.nexus, self.ctx.peer);
+            self.ctx
+                .registry
+                .unregister_session(b.tsih, b.nexus, self.ctx.peer);
             b.target.detach_nexus(b.nexus);
         }
     }
@@ -612,7 +714,13 @@ impl Driver {
                 let lun = self.slots[i].lun;
                 if let Some(b) = &self.bound {
                     let mut g = b.target.scsi();
-                    let _ = g.target().abort_task(lun, TaskId { nexus: b.nexus, tag: TaskTag(itt) });
+                    let _ = g.target().abort_task(
+                        lun,
+                        TaskId {
+                            nexus: b.nexus,
+                            tag: TaskTag(itt),
+                        },
+                    );
                     g.drain_actions(b.nexus, &mut self.actions);
                 }
             }
@@ -659,7 +767,14 @@ impl Driver {
             slot.out_complete = cmd.write_len == 0 || cmd.immediate_len >= cmd.write_len;
         }
         let Some(b) = &self.bound else {
-            let _ = self.conn.respond(cmd.task, ScsiStatus { status: 0x08, residual: Residual::None }, &[]);
+            let _ = self.conn.respond(
+                cmd.task,
+                ScsiStatus {
+                    status: 0x08,
+                    residual: Residual::None,
+                },
+                &[],
+            );
             return;
         };
         let dir = scsi_dir(cmd.dir);
@@ -685,7 +800,14 @@ impl Driver {
                     scsi_core::SubmitError::TaskSetFull => 0x28,
                     _ => 0x08,
                 };
-                let _ = self.conn.respond(cmd.task, ScsiStatus { status, residual: Residual::None }, &[]);
+                let _ = self.conn.respond(
+                    cmd.task,
+                    ScsiStatus {
+                        status,
+                        residual: Residual::None,
+                    },
+                    &[],
+                );
             }
         }
     }
@@ -702,7 +824,13 @@ impl Driver {
         let resp = match tmf.function {
             TmfFunction::AbortTask => match tmf.referenced_task {
                 Some(h) => {
-                    let _ = g.target().abort_task(lun, TaskId { nexus, tag: TaskTag(tmf.referenced_itt) });
+                    let _ = g.target().abort_task(
+                        lun,
+                        TaskId {
+                            nexus,
+                            tag: TaskTag(tmf.referenced_itt),
+                        },
+                    );
                     let _ = self.conn.abort_task(h);
                     self.slots[h.index()].dead = true;
                     TmfResponse::FunctionComplete
@@ -754,12 +882,17 @@ impl Driver {
 
     fn maybe_data_out_ready(&mut self, i: usize) {
         let slot = &self.slots[i];
-        let (Some(need), true) = (slot.need_out, slot.out_complete) else { return };
+        let (Some(need), true) = (slot.need_out, slot.out_complete) else {
+            return;
+        };
         if slot.dead {
             return;
         }
         let Some(b) = &self.bound else { return };
-        let task = TaskId { nexus: b.nexus, tag: TaskTag(slot.itt) };
+        let task = TaskId {
+            nexus: b.nexus,
+            tag: TaskTag(slot.itt),
+        };
         let lun = slot.lun;
         self.slots[i].need_out = None;
         let slot = &mut self.slots[i];
@@ -767,14 +900,18 @@ impl Driver {
             slot.buf.resize(need as usize, 0);
         }
         let mut g = b.target.scsi();
-        let _ = g.target().data_out_ready(lun, task, &slot.buf[..need as usize]);
+        let _ = g
+            .target()
+            .data_out_ready(lun, task, &slot.buf[..need as usize]);
         g.drain_actions(b.nexus, &mut self.actions);
     }
 
     fn handle_action(&mut self, a: TargetAction) {
         let task = match a.action {
             Action::Io(r) => r.task,
-            Action::NeedDataOut { task, .. } | Action::DataIn { task, .. } | Action::Complete { task, .. } => task,
+            Action::NeedDataOut { task, .. }
+            | Action::DataIn { task, .. }
+            | Action::Complete { task, .. } => task,
         };
         let Some(i) = self.slot_of(task) else {
             // The connection no longer knows the task (aborted); finish it in scsi-core.
@@ -782,7 +919,9 @@ impl Driver {
                 let mut g = b.target.scsi();
                 match a.action {
                     Action::Io(r) => {
-                        let _ = g.target().complete_io(a.lun, r.task, scsi_core::IoResult::NotReady);
+                        let _ =
+                            g.target()
+                                .complete_io(a.lun, r.task, scsi_core::IoResult::NotReady);
                     }
                     Action::NeedDataOut { .. } | Action::DataIn { .. } => {
                         let _ = g.target().abort_task(a.lun, task);
@@ -793,7 +932,9 @@ impl Driver {
             }
             return;
         };
-        let Some(h) = self.slots[i].handle else { return };
+        let Some(h) = self.slots[i].handle else {
+            return;
+        };
         match a.action {
             Action::NeedDataOut { len, .. } => {
                 self.slots[i].need_out = Some(len);
@@ -810,7 +951,10 @@ impl Driver {
                     slot.buf.resize(need, 0);
                 }
                 let mut g = b.target.scsi();
-                let n = g.target().emit_data_in(a.lun, task, &mut slot.buf[..need]).unwrap_or(0);
+                let n = g
+                    .target()
+                    .emit_data_in(a.lun, task, &mut slot.buf[..need])
+                    .unwrap_or(0);
                 slot.data_in = u32::try_from(n).unwrap_or(0).min(slot.read_len);
                 g.drain_actions(b.nexus, &mut self.actions);
             }
@@ -818,7 +962,9 @@ impl Driver {
                 let Some(b) = &self.bound else { return };
                 let Some(backend) = b.target.backend(a.lun) else {
                     let mut g = b.target.scsi();
-                    let _ = g.target().complete_io(a.lun, task, scsi_core::IoResult::NotReady);
+                    let _ = g
+                        .target()
+                        .complete_io(a.lun, task, scsi_core::IoResult::NotReady);
                     g.drain_actions(b.nexus, &mut self.actions);
                     return;
                 };
@@ -829,7 +975,9 @@ impl Driver {
                 };
                 if need > MAX_TASK_BUFFER {
                     let mut g = b.target.scsi();
-                    let _ = g.target().complete_io(a.lun, task, scsi_core::IoResult::Failed);
+                    let _ = g
+                        .target()
+                        .complete_io(a.lun, task, scsi_core::IoResult::Failed);
                     g.drain_actions(b.nexus, &mut self.actions);
                     return;
                 }
@@ -851,7 +999,12 @@ impl Driver {
                     answer: None,
                 });
             }
-            Action::Complete { status, sense, residual, .. } => {
+            Action::Complete {
+                status,
+                sense,
+                residual,
+                ..
+            } => {
                 let slot = &mut self.slots[i];
                 if slot.dead {
                     return;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use backstore::BackingStore;
-use scsi_core::{Action, LuConfig, LogicalUnit, Lun, NexusId, TargetAction, TargetError};
+use scsi_core::{Action, LogicalUnit, LuConfig, Lun, NexusId, TargetAction, TargetError};
 
 use crate::acl::InitiatorRule;
 
@@ -44,6 +44,140 @@ pub struct LunStats {
     pub write_bytes: AtomicU64,
     /// Sum of I/O latencies in microseconds.
     pub latency_us: AtomicU64,
+    /// Other backing-store requests completed (flush, unmap, write same, verify, ...).
+    pub other_ops: AtomicU64,
+    /// Requests the backing store failed (read/write errors, no space, not ready, ...).
+    pub errors: AtomicU64,
+    /// Latency distribution of every request (for percentiles).
+    pub latency: LatencyHistogram,
+}
+
+/// What kind of backing-store request [`LunStats::record`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+    /// Anything else (flush, unmap, write same, compare, copy, ...).
+    Other,
+}
+
+impl LunStats {
+    /// Counts one completed request of `bytes` that took `us` microseconds.
+    pub fn record(&self, kind: IoKind, bytes: u64, us: u64, ok: bool) {
+        match kind {
+            IoKind::Read => {
+                self.read_ops.fetch_add(1, Ordering::Relaxed);
+                self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            IoKind::Write => {
+                self.write_ops.fetch_add(1, Ordering::Relaxed);
+                self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            IoKind::Other => {
+                self.other_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_us.fetch_add(us, Ordering::Relaxed);
+        self.latency.record(us);
+    }
+
+    /// Every request counted (reads, writes and others).
+    pub fn commands(&self) -> u64 {
+        self.read_ops
+            .load(Ordering::Relaxed)
+            .saturating_add(self.write_ops.load(Ordering::Relaxed))
+            .saturating_add(self.other_ops.load(Ordering::Relaxed))
+    }
+}
+
+/// Sub-buckets per power of two in [`LatencyHistogram`] (about 19% resolution).
+const LAT_SUB: usize = 4;
+/// Buckets of [`LatencyHistogram`]: 0..4 us exactly, then 4 per octave up to 2^40 us.
+const LAT_BUCKETS: usize = 40 * LAT_SUB;
+
+/// A lock-free latency histogram (microseconds) with logarithmic buckets, 4 per octave.
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LAT_BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: [const { AtomicU64::new(0) }; LAT_BUCKETS],
+        }
+    }
+}
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(us: u64) -> usize {
+        if us < LAT_SUB as u64 {
+            return us as usize;
+        }
+        let octave = 63 - us.leading_zeros() as usize; // >= 2
+        let sub = ((us >> (octave - 2)) & 3) as usize;
+        ((octave - 1) * LAT_SUB + sub).min(LAT_BUCKETS - 1)
+    }
+
+    /// The largest value that falls in bucket `i`.
+    fn upper(i: usize) -> u64 {
+        if i < LAT_SUB {
+            return i as u64;
+        }
+        let octave = i / LAT_SUB + 1;
+        let sub = (i % LAT_SUB) as u64;
+        ((4 + sub + 1) << (octave - 2)) - 1
+    }
+
+    /// Counts one sample.
+    pub fn record(&self, us: u64) {
+        self.buckets[Self::bucket(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples counted.
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The `p`-th percentile (0..=100) in microseconds: the upper bound of the bucket that
+    /// holds it (0 when empty).
+    pub fn percentile(&self, p: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().fold(0, |a, b| a.saturating_add(*b));
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((p.clamp(0.0, 100.0) / 100.0) * total as f64)
+            .ceil()
+            .max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, c) in counts.iter().enumerate() {
+            seen = seen.saturating_add(*c);
+            if seen >= rank {
+                return Self::upper(i);
+            }
+        }
+        Self::upper(LAT_BUCKETS - 1)
+    }
 }
 
 /// Describes a LUN for `show` commands and config save.
@@ -79,7 +213,9 @@ pub struct LunBackend {
 
 impl std::fmt::Debug for LunBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LunBackend").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("LunBackend")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +257,10 @@ pub struct TargetNode {
 
 impl std::fmt::Debug for TargetNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetNode").field("tid", &self.tid).field("name", &self.name).finish()
+        f.debug_struct("TargetNode")
+            .field("tid", &self.tid)
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -204,19 +343,28 @@ impl TargetNode {
             name: name.to_string(),
             acl: RwLock::new(Vec::new()),
             auth: RwLock::new(TargetAuth::default()),
-            scsi: Mutex::new(ScsiShared { scsi: Box::default(), mail: HashMap::new() }),
+            scsi: Mutex::new(ScsiShared {
+                scsi: Box::default(),
+                mail: HashMap::new(),
+            }),
             luns: RwLock::new(Vec::new()),
         }
     }
 
     /// Locks the SCSI state. Hold it only for scsi-core calls, never across I/O.
     pub fn scsi(&self) -> ScsiGuard<'_> {
-        ScsiGuard { inner: lock(&self.scsi) }
+        ScsiGuard {
+            inner: lock(&self.scsi),
+        }
     }
 
     /// Registers a session's nexus: scsi-core learns it (POWER ON unit attention) and
     /// actions for it are routed to its mailbox, calling `wake`.
-    pub fn attach_nexus(&self, nexus: NexusId, wake: Option<Wake>) -> Result<(), scsi_core::NexusError> {
+    pub fn attach_nexus(
+        &self,
+        nexus: NexusId,
+        wake: Option<Wake>,
+    ) -> Result<(), scsi_core::NexusError> {
         let mut g = lock(&self.scsi);
         g.scsi.add_nexus(nexus)?;
         g.mail.insert(nexus, (VecDeque::new(), wake));
@@ -312,6 +460,11 @@ pub struct SessionRecord {
     pub peer: SocketAddr,
     /// Asks the session's connection to close (reinstatement, forced delete, shutdown).
     pub kill: Option<Wake>,
+    /// Asks the initiator to log out within the given seconds (Asynchronous Message,
+    /// event 1); the connection closes itself if it does not.
+    pub logout: Option<Arc<dyn Fn(u16) + Send + Sync>>,
+    /// The negotiated session parameters.
+    pub params: Option<iscsi_proto::login::SessionParams>,
 }
 
 impl std::fmt::Debug for SessionRecord {
@@ -347,7 +500,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("targets", &self.targets()).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("targets", &self.targets())
+            .finish_non_exhaustive()
     }
 }
 
@@ -389,7 +544,10 @@ impl Registry {
         Registry {
             targets: RwLock::new(Vec::new()),
             portals: RwLock::new(Vec::new()),
-            sessions: Mutex::new(Sessions { next_tsih: 1, ..Sessions::default() }),
+            sessions: Mutex::new(Sessions {
+                next_tsih: 1,
+                ..Sessions::default()
+            }),
             next_nexus: AtomicU32::new(1),
             tpgt: 1,
         }
@@ -416,13 +574,19 @@ impl Registry {
             return Err(RegistryError::Busy(tid));
         }
         let mut t = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        let pos = t.iter().position(|x| x.tid == tid).ok_or(RegistryError::NoSuchTarget(tid))?;
+        let pos = t
+            .iter()
+            .position(|x| x.tid == tid)
+            .ok_or(RegistryError::NoSuchTarget(tid))?;
         Ok(t.remove(pos))
     }
 
     /// All targets, by tid.
     pub fn targets(&self) -> Vec<Arc<TargetNode>> {
-        self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A target by tid.
@@ -432,7 +596,9 @@ impl Registry {
 
     /// A target by iSCSI name (case-insensitive).
     pub fn target_by_name(&self, name: &str) -> Option<Arc<TargetNode>> {
-        self.targets().into_iter().find(|t| t.name.eq_ignore_ascii_case(name))
+        self.targets()
+            .into_iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 
     /// Sets the portals SendTargets reports.
@@ -442,7 +608,10 @@ impl Registry {
 
     /// The portals.
     pub fn portals(&self) -> Vec<SocketAddr> {
-        self.portals.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.portals
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The nexus id of an initiator port (name + ISID) on a target, allocated on first use.
@@ -501,7 +670,10 @@ impl Registry {
     /// Forgets a session (only if `nexus` still owns the TSIH).
     pub fn unregister_session(&self, tsih: u16, nexus: NexusId, peer: SocketAddr) {
         let mut s = lock(&self.sessions);
-        if s.by_tsih.get(&tsih).is_some_and(|r| r.nexus == nexus && r.peer == peer) {
+        if s.by_tsih
+            .get(&tsih)
+            .is_some_and(|r| r.nexus == nexus && r.peer == peer)
+        {
             s.by_tsih.remove(&tsih);
         }
     }
@@ -521,6 +693,29 @@ impl Registry {
         v
     }
 
+    /// Asks every session of `tid` (all sessions when `None`) to log out within `secs`
+    /// seconds (Asynchronous Message); returns how many were asked.
+    pub fn request_logout(&self, tid: Option<u32>, secs: u16) -> usize {
+        let recs = self.sessions();
+        let mut n = 0;
+        for r in recs.into_iter().filter(|r| tid.is_none_or(|t| t == r.tid)) {
+            if let Some(l) = r.logout {
+                l(secs);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sessions logged in to `tid`.
+    pub fn session_count(&self, tid: u32) -> usize {
+        lock(&self.sessions)
+            .by_tsih
+            .values()
+            .filter(|r| r.tid == tid)
+            .count()
+    }
+
     /// Asks every session of `tid` (all sessions when `None`) to close.
     pub fn kill_sessions(&self, tid: Option<u32>) {
         let recs = self.sessions();
@@ -529,5 +724,49 @@ impl Registry {
                 k();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_percentiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.percentile(99.0), 0);
+        for us in 0..4u64 {
+            assert_eq!(LatencyHistogram::bucket(us), us as usize);
+            assert_eq!(LatencyHistogram::upper(us as usize), us);
+        }
+        // Every value lies in a bucket whose upper bound is >= the value and < 1.25x + 1.
+        for us in [4u64, 5, 7, 8, 9, 15, 16, 100, 1000, 123_456, 1 << 30] {
+            let up = LatencyHistogram::upper(LatencyHistogram::bucket(us));
+            assert!(up >= us && up <= us + us / 4 + 1, "{us} -> {up}");
+        }
+        assert_eq!(LatencyHistogram::bucket(u64::MAX), LAT_BUCKETS - 1);
+        for _ in 0..98 {
+            h.record(10);
+        }
+        h.record(1000);
+        h.record(5000);
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.percentile(50.0), 11);
+        assert_eq!(h.percentile(99.0), 1023);
+        assert_eq!(h.percentile(100.0), 5119);
+    }
+
+    #[test]
+    fn lun_stats_record() {
+        let s = LunStats::default();
+        s.record(IoKind::Read, 4096, 10, true);
+        s.record(IoKind::Write, 512, 20, false);
+        s.record(IoKind::Other, 0, 30, true);
+        assert_eq!(s.commands(), 3);
+        assert_eq!(s.read_bytes.load(Ordering::Relaxed), 4096);
+        assert_eq!(s.write_bytes.load(Ordering::Relaxed), 512);
+        assert_eq!(s.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(s.latency_us.load(Ordering::Relaxed), 60);
+        assert_eq!(s.latency.count(), 3);
     }
 }

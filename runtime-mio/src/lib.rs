@@ -55,7 +55,10 @@ pub struct MioConfig {
 
 impl Default for MioConfig {
     fn default() -> Self {
-        MioConfig { reactors: 0, io_threads: 8 }
+        MioConfig {
+            reactors: 0,
+            io_threads: 8,
+        }
     }
 }
 
@@ -75,16 +78,65 @@ struct ReactorShared {
 
 impl ReactorShared {
     fn send(&self, c: Cmd) {
-        self.cmds.lock().unwrap_or_else(|e| e.into_inner()).push_back(c);
+        self.cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(c);
         let _ = self.waker.wake();
     }
+}
+
+/// One portal's accept thread.
+struct Listener {
+    addr: SocketAddr,
+    /// Set to stop this portal only ([`Server::remove_portal`]).
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
 /// A running reactor target.
 pub struct Server {
     reactors: Vec<(Arc<ReactorShared>, JoinHandle<()>)>,
-    listeners: Vec<(SocketAddr, JoinHandle<()>)>,
+    listeners: Vec<Listener>,
     stop: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    rr: Arc<AtomicUsize>,
+}
+
+/// Starts the accept thread of one portal: connections go to the reactors round-robin.
+fn spawn_listener(
+    l: TcpListener,
+    addr: SocketAddr,
+    stop_all: Arc<AtomicBool>,
+    targets: Vec<Arc<ReactorShared>>,
+    rr: Arc<AtomicUsize>,
+) -> io::Result<Listener> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let own = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("listen-{addr}"))
+        .spawn(move || {
+            for s in l.incoming() {
+                if stop_all.load(Ordering::SeqCst) || own.load(Ordering::SeqCst) {
+                    return;
+                }
+                match s {
+                    Ok(s) => {
+                        let peer = match s.peer_addr() {
+                            Ok(p) => p,
+                            Err(_) => continue,
+                        };
+                        let i = rr.fetch_add(1, Ordering::Relaxed) % targets.len();
+                        targets[i].send(Cmd::NewConn(s, peer));
+                    }
+                    Err(e) => {
+                        log::warn!("accept on {addr}: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(Listener { addr, stop, thread })
 }
 
 impl std::fmt::Debug for Server {
@@ -110,11 +162,15 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("listen on {p}: {e}")))?;
             bound.push(l);
         }
-        let addrs: Vec<SocketAddr> =
-            bound.iter().map(|l| l.local_addr()).collect::<io::Result<_>>()?;
+        let addrs: Vec<SocketAddr> = bound
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<io::Result<_>>()?;
         registry.set_portals(addrs.clone());
         let n = if cfg.reactors == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             cfg.reactors
         };
@@ -152,52 +208,79 @@ impl Server {
         let rr = Arc::new(AtomicUsize::new(0));
         let mut listeners = Vec::new();
         for (l, addr) in bound.into_iter().zip(addrs) {
-            let (stop, targets, rr) = (stop.clone(), targets.clone(), rr.clone());
-            let h = std::thread::Builder::new().name(format!("listen-{addr}")).spawn(move || {
-                for s in l.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    match s {
-                        Ok(s) => {
-                            let peer = match s.peer_addr() {
-                                Ok(p) => p,
-                                Err(_) => continue,
-                            };
-                            let i = rr.fetch_add(1, Ordering::Relaxed) % targets.len();
-                            targets[i].send(Cmd::NewConn(s, peer));
-                        }
-                        Err(e) => {
-                            log::warn!("accept on {addr}: {e}");
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            })?;
-            listeners.push((addr, h));
+            listeners.push(spawn_listener(
+                l,
+                addr,
+                stop.clone(),
+                targets.clone(),
+                rr.clone(),
+            )?);
         }
-        Ok(Server { reactors, listeners, stop })
+        Ok(Server {
+            reactors,
+            listeners,
+            stop,
+            registry,
+            rr,
+        })
     }
 
     /// The addresses listened on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(a, _)| *a).collect()
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// Starts listening on another portal while running; returns the bound address (port 0
+    /// picks a free port). The registry's portal list follows.
+    pub fn add_portal(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
+        let bound = l.local_addr()?;
+        let targets: Vec<Arc<ReactorShared>> =
+            self.reactors.iter().map(|(s, _)| s.clone()).collect();
+        self.listeners.push(spawn_listener(
+            l,
+            bound,
+            self.stop.clone(),
+            targets,
+            self.rr.clone(),
+        )?);
+        self.registry.set_portals(self.local_addrs());
+        Ok(bound)
+    }
+
+    /// Stops listening on a portal (connections made through it stay); false when not
+    /// listening there. The registry's portal list follows.
+    pub fn remove_portal(&mut self, addr: SocketAddr) -> bool {
+        let Some(i) = self.listeners.iter().position(|l| l.addr == addr) else {
+            return false;
+        };
+        let l = self.listeners.remove(i);
+        l.stop.store(true, Ordering::SeqCst);
+        self.registry.set_portals(self.local_addrs());
+        // Unblock accept().
+        let _ = std::net::TcpStream::connect_timeout(&l.addr, Duration::from_millis(200));
+        let _ = l.thread.join();
+        true
     }
 
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
-        self.reactors.iter().map(|(s, _)| s.conns.load(Ordering::Relaxed)).sum()
+        self.reactors
+            .iter()
+            .map(|(s, _)| s.conns.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Stops accepting, asks every initiator to log out, waits up to `grace`, then closes
     /// what is left and joins every thread.
     pub fn shutdown(self, grace: Duration) {
         self.stop.store(true, Ordering::SeqCst);
-        for (addr, _) in &self.listeners {
-            let _ = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200));
+        for l in &self.listeners {
+            let _ = std::net::TcpStream::connect_timeout(&l.addr, Duration::from_millis(200));
         }
-        for (_, h) in self.listeners {
-            let _ = h.join();
+        for l in self.listeners {
+            let _ = l.thread.join();
         }
         let secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX).max(1);
         for (s, _) in &self.reactors {
@@ -205,7 +288,10 @@ impl Server {
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline
-            && self.reactors.iter().any(|(s, _)| s.conns.load(Ordering::Relaxed) > 0)
+            && self
+                .reactors
+                .iter()
+                .any(|(s, _)| s.conns.load(Ordering::Relaxed) > 0)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -237,7 +323,10 @@ impl IoPool {
                     .spawn(move || worker(&rx, &shared))?,
             );
         }
-        Ok(IoPool { tx: Some(tx), threads })
+        Ok(IoPool {
+            tx: Some(tx),
+            threads,
+        })
     }
 
     fn submit(&self, token: Token, job: IoJob) {
@@ -261,7 +350,11 @@ fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared) {
         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((token, mut job)) = next else { return };
         job.run();
-        shared.done.lock().unwrap_or_else(|e| e.into_inner()).push((token, job));
+        shared
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((token, job));
         let _ = shared.waker.wake();
     }
 }
@@ -321,7 +414,8 @@ impl Reactor {
             }
             let now = self.now();
             // I/O completions.
-            let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()));
+            let done =
+                std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()));
             for (t, job) in done {
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.driver.io_done(now, job);
@@ -329,7 +423,8 @@ impl Reactor {
                 }
             }
             // Wake-ups from other sessions.
-            let woken = std::mem::take(&mut *self.shared.woken.lock().unwrap_or_else(|e| e.into_inner()));
+            let woken =
+                std::mem::take(&mut *self.shared.woken.lock().unwrap_or_else(|e| e.into_inner()));
             for t in woken {
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.driver.handle_wake(now);
@@ -394,19 +489,42 @@ impl Reactor {
         let mut sock = TcpStream::from_std(s);
         let token = Token(self.next_token);
         self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE)
+        {
             log::warn!("register {peer}: {e}");
             return;
         }
         let shared = self.shared.clone();
         let wake: iscsi_target::registry::Wake = Arc::new(move || {
-            shared.woken.lock().unwrap_or_else(|e| e.into_inner()).push(token);
+            shared
+                .woken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(token);
             let _ = shared.waker.wake();
         });
-        let driver = Driver::new(self.registry.clone(), &self.driver_cfg, peer, local, self.now(), wake);
+        let driver = Driver::new(
+            self.registry.clone(),
+            &self.driver_cfg,
+            peer,
+            local,
+            self.now(),
+            wake,
+        );
         self.conns.insert(
             token,
-            Conn { sock, driver, rx: Vec::new(), out: Vec::new(), out_pos: 0, writable_armed: false, peer_closed: false },
+            Conn {
+                sock,
+                driver,
+                rx: Vec::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                writable_armed: false,
+                peer_closed: false,
+            },
         );
         self.shared.conns.fetch_add(1, Ordering::Relaxed);
         // Data may already be waiting.
@@ -416,7 +534,9 @@ impl Reactor {
 
     /// Reads, handles, runs I/O and writes for one connection until it would block.
     fn service(&mut self, token: Token, now: Timestamp) {
-        let Some(c) = self.conns.get_mut(&token) else { return };
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let backlog = c.out.len() - c.out_pos;
@@ -444,7 +564,11 @@ impl Reactor {
                     }
                 }
             }
-            let st = if c.rx.is_empty() { InputStatus::NeedMore } else { c.driver.handle_input(now, &mut c.rx) };
+            let st = if c.rx.is_empty() {
+                InputStatus::NeedMore
+            } else {
+                c.driver.handle_input(now, &mut c.rx)
+            };
             // I/O: inline for stores that never block, the pool otherwise.
             while let Some(mut job) = c.driver.poll_io() {
                 if job.backend.info.bstype == "memory" || job.backend.info.bstype == "null" {
@@ -477,8 +601,15 @@ impl Reactor {
             }
             let pending = c.out_pos < c.out.len();
             if pending != c.writable_armed {
-                let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-                let _ = self.poll.registry().reregister(&mut c.sock, token, interest);
+                let interest = if pending {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                let _ = self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.sock, token, interest);
                 c.writable_armed = pending;
             }
             let closed = c.driver.is_closed() || c.peer_closed;
@@ -492,10 +623,14 @@ impl Reactor {
                 break;
             }
         }
-        let Some(c) = self.conns.get_mut(&token) else { return };
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
         let finished = c.driver.is_closed() && c.out_pos >= c.out.len();
         if (finished || c.peer_closed) && !c.driver.io_in_flight() {
-            let Some(mut c) = self.conns.remove(&token) else { return };
+            let Some(mut c) = self.conns.remove(&token) else {
+                return;
+            };
             c.driver.close(now);
             let _ = self.poll.registry().deregister(&mut c.sock);
             self.shared.conns.fetch_sub(1, Ordering::Relaxed);

@@ -63,17 +63,41 @@ impl Shared {
     }
 }
 
+/// One portal's accept thread.
+struct Listener {
+    addr: SocketAddr,
+    /// Set to stop this portal only ([`Server::remove_portal`]).
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
 /// A running thread-per-connection target.
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Vec<(SocketAddr, JoinHandle<()>)>,
+    listeners: Vec<Listener>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addrs: Vec<SocketAddr> = self.listeners.iter().map(|(a, _)| *a).collect();
-        f.debug_struct("Server").field("listening", &addrs).finish()
+        f.debug_struct("Server")
+            .field("listening", &self.local_addrs())
+            .finish()
     }
+}
+
+fn spawn_listener(shared: &Arc<Shared>, l: TcpListener, addr: SocketAddr) -> io::Result<Listener> {
+    let sh = shared.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let own = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("listen-{addr}"))
+        .spawn(move || accept_loop(&sh, &l, &own))?;
+    Ok(Listener { addr, stop, thread })
+}
+
+/// Unblocks a listener thread parked in `accept()`.
+fn poke(addr: &SocketAddr) {
+    let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200));
 }
 
 impl Server {
@@ -90,8 +114,10 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("listen on {p}: {e}")))?;
             bound.push(l);
         }
-        let addrs: Vec<SocketAddr> =
-            bound.iter().map(|l| l.local_addr()).collect::<io::Result<_>>()?;
+        let addrs: Vec<SocketAddr> = bound
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<io::Result<_>>()?;
         registry.set_portals(addrs.clone());
         let shared = Arc::new(Shared {
             registry,
@@ -104,23 +130,48 @@ impl Server {
         });
         let mut listeners = Vec::new();
         for (l, addr) in bound.into_iter().zip(addrs) {
-            let sh = shared.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("listen-{addr}"))
-                .spawn(move || accept_loop(&sh, &l))?;
-            listeners.push((addr, h));
+            listeners.push(spawn_listener(&shared, l, addr)?);
         }
         Ok(Server { shared, listeners })
     }
 
     /// The addresses listened on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(a, _)| *a).collect()
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// Starts listening on another portal while running; returns the bound address (port 0
+    /// picks a free port). The registry's portal list follows.
+    pub fn add_portal(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let l = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
+        let bound = l.local_addr()?;
+        self.listeners.push(spawn_listener(&self.shared, l, bound)?);
+        self.shared.registry.set_portals(self.local_addrs());
+        Ok(bound)
+    }
+
+    /// Stops listening on a portal (connections made through it stay); false when not
+    /// listening there. The registry's portal list follows.
+    pub fn remove_portal(&mut self, addr: SocketAddr) -> bool {
+        let Some(i) = self.listeners.iter().position(|l| l.addr == addr) else {
+            return false;
+        };
+        let l = self.listeners.remove(i);
+        l.stop.store(true, Ordering::SeqCst);
+        self.shared.registry.set_portals(self.local_addrs());
+        poke(&l.addr);
+        let _ = l.thread.join();
+        true
     }
 
     /// Connections currently open.
     pub fn connection_count(&self) -> usize {
-        self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Stops accepting, asks every initiator to log out, waits up to `grace` for them, then
@@ -128,21 +179,34 @@ impl Server {
     /// synchronously on the connection threads.
     pub fn shutdown(self, grace: Duration) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        for (addr, _) in &self.listeners {
+        for l in &self.listeners {
             // Unblock accept().
-            let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200));
+            poke(&l.addr);
         }
-        for (_, h) in self.listeners {
-            let _ = h.join();
+        for l in self.listeners {
+            let _ = l.thread.join();
         }
         let secs = u16::try_from(grace.as_secs()).unwrap_or(u16::MAX).max(1);
         broadcast(&self.shared, || Msg::Logout(secs));
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline && !self.shared.conns.lock().map(|c| c.is_empty()).unwrap_or(true) {
+        while Instant::now() < deadline
+            && !self
+                .shared
+                .conns
+                .lock()
+                .map(|c| c.is_empty())
+                .unwrap_or(true)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         broadcast(&self.shared, || Msg::Eof);
-        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for t in threads {
             let _ = t.join();
         }
@@ -150,19 +214,25 @@ impl Server {
 }
 
 fn broadcast(shared: &Shared, msg: impl Fn() -> Msg) {
-    let conns: Vec<SyncSender<Msg>> =
-        shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    let conns: Vec<SyncSender<Msg>> = shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
     for tx in conns {
         let _ = tx.send(msg());
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, l: &TcpListener) {
+fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, own_stop: &AtomicBool) {
+    let stopped = || shared.stop.load(Ordering::SeqCst) || own_stop.load(Ordering::SeqCst);
     loop {
         let (stream, peer) = match l.accept() {
             Ok(x) => x,
             Err(e) => {
-                if shared.stop.load(Ordering::SeqCst) {
+                if stopped() {
                     return;
                 }
                 log::warn!("accept: {e}");
@@ -170,7 +240,7 @@ fn accept_loop(shared: &Arc<Shared>, l: &TcpListener) {
                 continue;
             }
         };
-        if shared.stop.load(Ordering::SeqCst) {
+        if stopped() {
             return;
         }
         let sh = shared.clone();
@@ -211,12 +281,20 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let local = stream.local_addr().unwrap_or(peer);
     let (tx, rx) = mpsc::sync_channel::<Msg>(READ_QUEUE);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    shared.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx.clone());
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx.clone());
     let read_half = match stream.try_clone() {
         Ok(s) => s,
         Err(e) => {
             log::warn!("{peer}: {e}");
-            shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            shared
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return;
         }
     };
@@ -229,12 +307,23 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
     });
     drop(tx);
-    let mut driver = Driver::new(shared.registry.clone(), &shared.cfg, peer, local, shared.now(), wake);
+    let mut driver = Driver::new(
+        shared.registry.clone(),
+        &shared.cfg,
+        peer,
+        local,
+        shared.now(),
+        wake,
+    );
     run(shared, &mut driver, stream.try_clone().ok(), &rx);
     driver.close(shared.now());
     drop(driver);
     let _ = stream.shutdown(Shutdown::Both);
-    shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
     // Drain so the reader can exit.
     while let Ok(m) = rx.recv_timeout(Duration::from_millis(0)) {
         drop(m);
@@ -256,11 +345,13 @@ fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Ms
                 d.handle_timeout(now);
                 None
             }
-            Some(t) => match rx.recv_timeout(Duration::from_millis(t.as_millis() - now.as_millis())) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
+            Some(t) => {
+                match rx.recv_timeout(Duration::from_millis(t.as_millis() - now.as_millis())) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
             None => match rx.recv() {
                 Ok(m) => Some(m),
                 Err(_) => return,

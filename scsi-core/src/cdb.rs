@@ -76,6 +76,24 @@ pub mod op {
     pub const VERIFY_12: u8 = 0xAF;
     /// READ DEFECT DATA (12).
     pub const READ_DEFECT_DATA_12: u8 = 0xB7;
+    /// RESERVE (6).
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE (6).
+    pub const RELEASE_6: u8 = 0x17;
+    /// RESERVE (10).
+    pub const RESERVE_10: u8 = 0x56;
+    /// RELEASE (10).
+    pub const RELEASE_10: u8 = 0x57;
+    /// PERSISTENT RESERVE IN.
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    /// PERSISTENT RESERVE OUT.
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    /// MAINTENANCE IN (REPORT SUPPORTED OPERATION CODES, ...).
+    pub const MAINTENANCE_IN: u8 = 0xA3;
+    /// MAINTENANCE IN REPORT SUPPORTED OPERATION CODES.
+    pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+    /// MAINTENANCE IN REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
+    pub const SA_REPORT_SUPPORTED_TMFS: u8 = 0x0D;
     /// SERVICE ACTION IN (16) READ CAPACITY (16).
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
     /// SERVICE ACTION IN (16) GET LBA STATUS.

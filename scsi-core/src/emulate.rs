@@ -4,7 +4,7 @@
 use crate::lu::{LogicalUnit, ModeState};
 use crate::out::Out;
 use crate::sense::{Asc, Sense, SenseKey};
-use crate::types::{NexusId, UnitAttention};
+use crate::types::NexusId;
 
 /// VPD pages supported, in ascending order (VPD 0x00 lists them).
 pub(crate) const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
@@ -378,8 +378,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             p += n;
         }
         if new != self.mode {
+            let old = self.mode;
             self.mode = new;
-            self.raise_unit_attention_except(nexus, UnitAttention::ModeParametersChanged);
+            self.mode_changed(nexus, old);
         }
         Ok(())
     }

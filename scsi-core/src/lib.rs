@@ -69,6 +69,7 @@ mod emulate;
 pub mod lu;
 pub mod lun;
 mod out;
+pub mod pr;
 pub mod sense;
 pub mod target;
 pub mod types;
@@ -79,6 +80,7 @@ mod tests;
 pub use config::{AsciiField, BlockSize, LuConfig};
 pub use lu::LogicalUnit;
 pub use lun::Lun;
+pub use pr::{PortName, PrImageError, PrType};
 pub use sense::{Asc, FieldPointer, Sense, SenseData, SenseKey};
 pub use target::{Target, TargetAction, TargetError};
 pub use types::{

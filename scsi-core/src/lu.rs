@@ -6,6 +6,8 @@ use crate::out::Out;
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::types::*;
 
+mod reservations;
+
 /// Unit attentions queued per nexus.
 pub const UA_QUEUE: usize = 8;
 
@@ -18,15 +20,24 @@ pub(crate) struct NexusState {
     ua: [Asc; UA_QUEUE],
     ua_len: u8,
     pub(crate) prevent: bool,
+    /// Initiator port name (persistent reservations).
+    pub(crate) port: crate::pr::PortName,
+    /// Relative target port the nexus came through.
+    pub(crate) rtp: u16,
+    /// The mode parameters when MODE PARAMETERS CHANGED was queued for this nexus.
+    pub(crate) mode_seen: Option<ModeState>,
 }
 
 impl NexusState {
-    fn new(id: NexusId) -> NexusState {
+    fn new(id: NexusId, rtp: u16) -> NexusState {
         let mut n = NexusState {
             id,
             ua: [Asc(0); UA_QUEUE],
             ua_len: 0,
             prevent: false,
+            port: crate::pr::PortName::synthetic(id),
+            rtp,
+            mode_seen: None,
         };
         n.push_ua(Asc::POWER_ON_RESET);
         n
@@ -55,7 +66,7 @@ impl NexusState {
         self.ua_len -= 1;
         Some(a)
     }
-    fn remove_ua(&mut self, a: Asc) {
+    pub(crate) fn remove_ua(&mut self, a: Asc) {
         let len = usize::from(self.ua_len);
         if let Some(i) = self.ua[..len].iter().position(|x| *x == a) {
             self.ua.copy_within(i + 1..len, i);
@@ -147,6 +158,10 @@ pub struct LogicalUnit<const TASKS: usize, const NEXUS: usize> {
     pub(crate) lun_count: u16,
     /// REPORT LUNS lists LUN 0 ahead of the inventory (no LU configured as LUN 0).
     pub(crate) report_lun0: bool,
+    /// Persistent reservations (one registration per I_T nexus at most).
+    pub(crate) pr: crate::pr::PrState<NEXUS>,
+    /// The nexus holding a RESERVE (6)/(10) reservation.
+    pub(crate) legacy: Option<NexusId>,
 }
 
 type Step = Result<Pend, Sense>;
@@ -170,6 +185,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             scsi_name_len: 0,
             lun_count: 0,
             report_lun0: false,
+            pr: crate::pr::PrState::new(),
+            legacy: None,
         }
     }
 
@@ -236,7 +253,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         }
         match self.nexus.iter_mut().find(|n| n.is_none()) {
             Some(slot) => {
-                *slot = Some(NexusState::new(id));
+                *slot = Some(NexusState::new(id, self.cfg.relative_port));
                 Ok(())
             }
             None => Err(NexusError::TableFull),
@@ -249,6 +266,10 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let out = self.abort_where(|t| t.id.nexus == id);
         if let Some(i) = self.nexus_index(id) {
             self.nexus[i] = None;
+        }
+        // I_T nexus loss releases a RESERVE (6)/(10) reservation (persistent ones stay).
+        if self.legacy == Some(id) {
+            self.legacy = None;
         }
         out
     }
@@ -265,6 +286,27 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         for n in self.nexus.iter_mut().flatten() {
             if n.id != except {
                 n.push_ua(ua.asc());
+            }
+        }
+    }
+
+    /// The mode parameters changed from `old` through MODE SELECT of nexus `by`: every other
+    /// nexus gets MODE PARAMETERS CHANGED. A nexus whose pending MODE PARAMETERS CHANGED
+    /// was raised when the parameters were exactly the current ones again (a change undone
+    /// before it could observe it) has it withdrawn: there is nothing left to report.
+    pub(crate) fn mode_changed(&mut self, by: NexusId, old: ModeState) {
+        let now = self.mode;
+        for n in self.nexus.iter_mut().flatten() {
+            if n.id == by {
+                continue;
+            }
+            let pending = n.pending_ua().contains(&Asc::MODE_PARAMETERS_CHANGED);
+            if pending && n.mode_seen == Some(now) {
+                n.remove_ua(Asc::MODE_PARAMETERS_CHANGED);
+                n.mode_seen = None;
+            } else if !pending {
+                n.push_ua(Asc::MODE_PARAMETERS_CHANGED);
+                n.mode_seen = Some(old);
             }
         }
     }
@@ -440,10 +482,24 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     }
 
     fn next_startable(&self) -> Option<usize> {
+        // One pass for the ordering facts every candidate needs.
+        let mut oldest = u64::MAX;
+        let mut oldest_ordered = u64::MAX;
+        let mut any_queued = false;
+        for t in self.tasks.iter().flatten() {
+            oldest = oldest.min(t.seq);
+            if t.attr == TaskAttr::Ordered {
+                oldest_ordered = oldest_ordered.min(t.seq);
+            }
+            any_queued |= t.phase == Phase::Queued;
+        }
+        if !any_queued {
+            return None;
+        }
         let mut best: Option<(usize, bool, u64)> = None;
         for (i, t) in self.tasks.iter().enumerate() {
             let Some(t) = t else { continue };
-            if t.phase != Phase::Queued || !self.may_start(t) {
+            if t.phase != Phase::Queued || !self.may_start(t, oldest, oldest_ordered) {
                 continue;
             }
             let hoq = t.attr == TaskAttr::HeadOfQueue;
@@ -458,26 +514,34 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         best.map(|b| b.0)
     }
 
-    fn may_start(&self, t: &Task) -> bool {
+    /// SAM-5 8.6 ordering: HEAD OF QUEUE at once, ORDERED after every older task, SIMPLE
+    /// after older ORDERED tasks and after older tasks on an overlapping LBA range when
+    /// either writes.
+    fn may_start(&self, t: &Task, oldest: u64, oldest_ordered: u64) -> bool {
         match t.attr {
             TaskAttr::HeadOfQueue => true,
-            TaskAttr::Ordered => !self.tasks.iter().flatten().any(|o| o.seq < t.seq),
-            TaskAttr::Simple | TaskAttr::Aca => !self.tasks.iter().flatten().any(|o| {
-                if o.seq >= t.seq {
+            TaskAttr::Ordered => t.seq <= oldest,
+            TaskAttr::Simple | TaskAttr::Aca => {
+                if oldest_ordered < t.seq {
                     return false;
                 }
-                if o.attr == TaskAttr::Ordered {
+                let Some((b0, b1, bw)) = t.range else {
                     return true;
-                }
-                match (o.range, t.range) {
-                    (Some((a0, a1, aw)), Some((b0, b1, bw))) => {
-                        (aw || bw)
-                            && a0 < b1.max(b0.saturating_add(1))
-                            && b0 < a1.max(a0.saturating_add(1))
+                };
+                !self.tasks.iter().flatten().any(|o| {
+                    if o.seq >= t.seq {
+                        return false;
                     }
-                    _ => false,
-                }
-            }),
+                    match o.range {
+                        Some((a0, a1, aw)) => {
+                            (aw || bw)
+                                && a0 < b1.max(b0.saturating_add(1))
+                                && b0 < a1.max(a0.saturating_add(1))
+                        }
+                        None => false,
+                    }
+                })
+            }
         }
     }
 
@@ -601,6 +665,11 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 }
             }
         }
+        if let Some(t) = self.tasks[i].as_ref() {
+            if self.reservation_conflict(t) {
+                return Ok(self.conflict(i));
+            }
+        }
         // Control byte: NACA and the obsolete LINK bit are not supported.
         let ctl_at = cdb::cdb_len(o) - 1;
         if c.b(ctl_at) & 0x05 != 0 {
@@ -651,6 +720,10 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             }
             op::READ_DEFECT_DATA_10 => self.data_in(i, c, u32::from(c.u16(7))),
             op::READ_DEFECT_DATA_12 => self.data_in(i, c, c.u32(6)),
+            op::PERSISTENT_RESERVE_IN => self.prin_start(i, c),
+            op::PERSISTENT_RESERVE_OUT => self.prout_start(i, c),
+            op::RESERVE_6 | op::RESERVE_10 => self.reserve_legacy(i, c),
+            op::RELEASE_6 | op::RELEASE_10 => self.release_legacy(i, c),
             _ => Err(Sense::invalid_opcode()),
         }
     }
@@ -1026,12 +1099,31 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         } else {
             (c.b(1) & 0x10 != 0, c.b(1) & 0x08 != 0 || verify)
         };
-        self.want_data_out(i, bytes)?;
-        if l.blocks == 0 {
+        // Expected length shorter than the command (FCP-4 9.4.2): whole blocks within the
+        // expected length are written and the rest is reported as overflow (option a); a
+        // partial block is refused with INVALID FIELD IN COMMAND INFORMATION UNIT
+        // (option b), also with the overflow residual.
+        let Some(t) = self.tasks[i].as_mut() else {
+            return Err(Sense::invalid_opcode());
+        };
+        t.wanted = bytes;
+        let bs = self.cfg.block_bytes();
+        let blocks = if bytes > t.expected {
+            if t.expected % bs != 0 {
+                return Err(Sense::new(
+                    SenseKey::IllegalRequest,
+                    Asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+                ));
+            }
+            u64::from(t.expected / bs)
+        } else {
+            l.blocks
+        };
+        if blocks == 0 {
             return Ok(self.good(i));
         }
-        self.set_io(i, l.lba, l.blocks, fua, dpo);
-        Ok(Pend::DataOut(bytes))
+        self.set_io(i, l.lba, blocks, fua, dpo);
+        Ok(Pend::DataOut(self.bytes_of(blocks)?))
     }
 
     fn verify(&mut self, i: usize, c: Cdb) -> Step {
@@ -1263,19 +1355,25 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     }
 
     fn after_data_out(&mut self, i: usize, t: Task, data: &[u8]) -> Step {
-        if data.len() < t.wanted as usize {
+        // The length asked for with NeedDataOut (still in `pend`).
+        let need = match t.pend {
+            Pend::DataOut(n) => n as usize,
+            _ => t.wanted as usize,
+        };
+        if data.len() < need {
             return Err(Sense::new(
                 SenseKey::IllegalRequest,
                 Asc::PARAMETER_LIST_LENGTH_ERROR,
             ));
         }
-        let data = &data[..t.wanted as usize];
+        let data = &data[..need];
         match t.cdb.opcode() {
             op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
                 self.mode_select_apply(t.id.nexus, t.cdb.opcode() == op::MODE_SELECT_10, data)?;
                 Ok(self.good(i))
             }
             op::UNMAP => self.unmap_data(i, data),
+            op::PERSISTENT_RESERVE_OUT => self.prout_data(i, t, data),
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
                 let zero = data.iter().all(|b| *b == 0);
                 Ok(self.io(
@@ -1421,6 +1519,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 }
             }
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => self.emit_mode_sense(c, o),
+            op::PERSISTENT_RESERVE_IN => self.emit_prin(c, o),
             op::READ_CAPACITY_10 => {
                 let last = self.cfg.num_blocks.saturating_sub(1);
                 o.u32(u32::try_from(last).unwrap_or(u32::MAX));
@@ -1616,14 +1715,42 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         out
     }
 
-    /// LOGICAL UNIT RESET: drop every task, release PREVENT, restore mode parameters and
-    /// raise BUS DEVICE RESET FUNCTION OCCURRED on every nexus.
+    /// LOGICAL UNIT RESET: drop every task, release PREVENT and a RESERVE (6)/(10)
+    /// reservation, restore mode parameters and raise BUS DEVICE RESET FUNCTION OCCURRED on
+    /// every nexus. Persistent reservations are not affected.
     pub fn lu_reset(&mut self) -> TmfOutcome {
+        self.lu_reset_by(None)
+    }
+
+    /// [`Self::lu_reset`] requested through nexus `by`: the unit attention goes to every
+    /// other nexus only — the requester learns of the reset from the task management
+    /// response (as the initiator that caused a change is told directly for MODE SELECT; it
+    /// keeps libiscsi's "TEST UNIT READY until GOOD" loops after a reset from failing).
+    pub fn lu_reset_by(&mut self, by: Option<NexusId>) -> TmfOutcome {
+        self.reset_with(by, Asc::BUS_DEVICE_RESET)
+    }
+
+    /// A power-on reset of the LU (TARGET COLD RESET): as [`Self::lu_reset_by`] with POWER ON,
+    /// RESET, OR BUS DEVICE RESET OCCURRED, and persistent reservations are lost unless
+    /// APTPL was set.
+    pub fn power_on_reset(&mut self, by: Option<NexusId>) -> TmfOutcome {
+        if !self.pr.aptpl {
+            let generation = self.pr.generation;
+            self.pr = crate::pr::PrState::new();
+            self.pr.generation = generation;
+        }
+        self.reset_with(by, Asc::POWER_ON_RESET)
+    }
+
+    fn reset_with(&mut self, by: Option<NexusId>, ua: Asc) -> TmfOutcome {
         let out = self.abort_where(|_| true);
         for n in self.nexus.iter_mut().flatten() {
             n.prevent = false;
-            n.push_ua(Asc::BUS_DEVICE_RESET);
+            if Some(n.id) != by {
+                n.push_ua(ua);
+            }
         }
+        self.legacy = None;
         self.mode = ModeState {
             wce: self.cfg.write_cache,
             d_sense: false,
@@ -1636,6 +1763,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     /// raise I_T NEXUS LOSS OCCURRED for it.
     pub fn nexus_reset(&mut self, nexus: NexusId) -> TmfOutcome {
         let out = self.abort_task_set(nexus);
+        if self.legacy == Some(nexus) {
+            self.legacy = None;
+        }
         if let Some(n) = self.nexus_index(nexus).and_then(|k| self.nexus[k].as_mut()) {
             n.prevent = false;
             n.push_ua(Asc::I_T_NEXUS_LOSS);

@@ -537,27 +537,35 @@ fn read_residuals() {
 fn write_residuals() {
     let mut h = H::thin();
     h.disk.data[..1024].fill(b'a');
-    // EDTL < SPDTL: refused without writing, overflow reported.
-    for (blocks, edtl) in [(1u16, 0u32), (2, 512), (1, 200)] {
-        let o = h.run(
-            N0,
-            &cdb10(0x2A, 0, 0, blocks),
-            edtl,
-            &vec![b'b'; edtl as usize],
-        );
-        o.sense(
-            SenseKey::IllegalRequest,
-            Asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
-        );
-        assert_eq!(
-            o.residual,
-            Residual::Overflow(u32::from(blocks) * 512 - edtl)
-        );
-        assert_eq!(o.asked_data_out, None);
-    }
+    // EDTL not a whole number of blocks: refused without writing, overflow reported.
+    let o = h.run(N0, &cdb10(0x2A, 0, 0, 1), 200, &[b'b'; 200]);
+    o.sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+    );
+    assert_eq!(o.residual, Residual::Overflow(312));
+    assert_eq!(o.asked_data_out, None);
+    // EDTL 0: nothing written, GOOD, overflow of one block.
+    let o = h.run(N0, &cdb10(0x2E, 0x02, 0, 1), 0, &[]);
+    o.good();
+    assert_eq!(
+        (o.residual, o.asked_data_out),
+        (Residual::Overflow(512), None)
+    );
     assert!(h.disk.data[..1024].iter().all(|b| *b == b'a'));
+    // Two blocks with EDTL of one block: only the first block is written.
+    let o = h.run(N0, &cdb16(0x8A, 0, 0, 2), 512, &[b'b'; 512]);
+    o.good();
+    assert_eq!(
+        (o.residual, o.asked_data_out),
+        (Residual::Overflow(512), Some(512))
+    );
+    assert_eq!(h.disk.ios.last().unwrap().blocks, 1);
+    assert!(h.disk.data[..512].iter().all(|b| *b == b'b'));
+    assert!(h.disk.data[512..1024].iter().all(|b| *b == b'a'));
     // EDTL > SPDTL: one block written, underflow.
-    let o = h.run(N0, &cdb10(0x2A, 0, 0, 1), 1024, &vec![b'b'; 1024]);
+    h.disk.data[..1024].fill(b'a');
+    let o = h.run(N0, &cdb10(0x2A, 0, 0, 1), 1024, &[b'b'; 1024]);
     o.good();
     assert_eq!(o.asked_data_out, Some(512));
     assert_eq!(o.residual, Residual::Underflow(512));
