@@ -5,7 +5,7 @@
 //! Input: byte 0 configures the connection (bit 0: InitialR2T=No, bit 1: digests, bits 2-3:
 //! queue depth, bit 4: NOP pings, bit 5: small MaxBurstLength); then records, each starting
 //! with an op byte (op % 8):
-//! - 0 `[keys]`: a well-formed login (security then operational stage) whose operational
+//! - 0 `[keys]`: (once) a well-formed login (security then operational stage) whose operational
 //!   keys are picked by `keys` (digests, InitialR2T, burst lengths, MaxOutstandingR2T);
 //! - 1 `[len_hi][len_lo][bytes]`: raw bytes, digests appended when negotiated (bit 7 of the
 //!   op byte corrupts them);
@@ -28,9 +28,9 @@ use iscsi_proto::session::{
     ConnConfig, Connection, Event, Hooks, Ingress, Residual, ScsiStatus, TaskHandle, Timestamp,
 };
 use iscsi_proto::wire::{
-    self, DataOut, Digests, LoginRequest, LogoutReason, LogoutRequest, LogoutResponseCode,
-    NopOut, Pdu, RESERVED_TAG, ScsiCommand, ScsiCommandFlags, Stage, TaskAttr, TaskMgmtRequest,
-    TextFlags, TextRequest, TmfFunction, TmfResponse,
+    self, DataOut, Digests, LoginRequest, LogoutReason, LogoutRequest, LogoutResponseCode, NopOut,
+    Pdu, RESERVED_TAG, ScsiCommand, ScsiCommandFlags, Stage, TaskAttr, TaskMgmtRequest, TextFlags,
+    TextRequest, TmfFunction, TmfResponse,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -100,6 +100,8 @@ struct Harness {
     itt: u32,
     digests: Digests,
     dead: bool,
+    hdr: Vec<u8>,
+    pdu: Vec<u8>,
 }
 
 fn text(pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -127,7 +129,10 @@ impl Harness {
         while pos < bytes.len() && !self.dead {
             rounds += 1;
             assert!(rounds < 10_000, "no progress");
-            match self.conn.handle_input(self.now, &bytes[pos..], &mut self.hooks) {
+            match self
+                .conn
+                .handle_input(self.now, &bytes[pos..], &mut self.hooks)
+            {
                 Ok(Ingress::Done { consumed }) => {
                     assert!(consumed > 0 && consumed <= bytes.len() - pos);
                     pos += consumed;
@@ -172,12 +177,18 @@ impl Harness {
     }
 
     fn drain(&mut self) {
-        let mut hdr = vec![0u8; BUF + 64];
+        let mut hdr = core::mem::take(&mut self.hdr);
+        let mut pdu = core::mem::take(&mut self.pdu);
         let mut n = 0;
-        while let Some(t) = self.conn.poll_transmit(self.now, &mut hdr).expect("big buffer") {
+        while let Some(t) = self
+            .conn
+            .poll_transmit(self.now, &mut hdr)
+            .expect("big buffer")
+        {
             n += 1;
             assert!(n < 100_000, "unbounded output");
-            let mut pdu = hdr[..t.len].to_vec();
+            pdu.clear();
+            pdu.extend_from_slice(&hdr[..t.len]);
             if let Some(d) = t.data {
                 let s = d.offset as usize;
                 let e = s + d.len as usize;
@@ -188,6 +199,8 @@ impl Harness {
             }
             self.read_target(&pdu);
         }
+        self.hdr = hdr;
+        self.pdu = pdu;
         self.events();
     }
 
@@ -230,13 +243,19 @@ impl Harness {
         ]);
         let burst = ["4096", "8192", "65536", "262144"][usize::from(keys >> 2 & 3)];
         let ops = text(&[
-            ("HeaderDigest", if keys & 1 != 0 { "CRC32C" } else { "None" }),
+            (
+                "HeaderDigest",
+                if keys & 1 != 0 { "CRC32C" } else { "None" },
+            ),
             ("DataDigest", if keys & 2 != 0 { "CRC32C" } else { "None" }),
             ("MaxRecvDataSegmentLength", "1024"),
             ("MaxBurstLength", burst),
             ("FirstBurstLength", "4096"),
             ("InitialR2T", if keys & 0x10 != 0 { "No" } else { "Yes" }),
-            ("MaxOutstandingR2T", if keys & 0x20 != 0 { "4" } else { "1" }),
+            (
+                "MaxOutstandingR2T",
+                if keys & 0x20 != 0 { "4" } else { "1" },
+            ),
         ]);
         for (csg, nsg, data) in [
             (Stage::SecurityNegotiation, Stage::LoginOperational, &sec),
@@ -292,7 +311,24 @@ impl Harness {
             expected_data_transfer_len: edtl,
             cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: [if write { 0x2a } else { 0x28 }, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+            cdb: [
+                if write { 0x2a } else { 0x28 },
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
             extended_cdb: if kind & 0x20 != 0 { &[1, 2, 3, 4] } else { &[] },
             bidi_read_len: None,
             data: if write { imm } else { &[] },
@@ -335,7 +371,11 @@ impl Harness {
                 itt,
                 ttt: if sel & 0x20 != 0 { ttt ^ 0x100 } else { ttt },
                 exp_stat_sn: self.exp_stat_sn,
-                data_sn: if sel & 0x10 != 0 { data_sn + 1 } else { data_sn },
+                data_sn: if sel & 0x10 != 0 {
+                    data_sn + 1
+                } else {
+                    data_sn
+                },
                 buffer_offset: offset
                     .wrapping_add(pos as u32)
                     .wrapping_add(u32::from(sel & 0x08 != 0)),
@@ -369,17 +409,23 @@ impl Harness {
                         Residual::None
                     },
                 };
-                let sense = [0x70u8, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0];
+                let sense = [
+                    0x70u8, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0,
+                ];
                 let r = match sel % 8 {
-                    0 => self.conn.respond(task, status, &sense[..usize::from(arg & 1) * 18]),
+                    0 => self
+                        .conn
+                        .respond(task, status, &sense[..usize::from(arg & 1) * 18]),
                     1 => {
                         let len = read_len.min(IO as u32).min(u32::from(arg) * 64);
-                        self.conn.send_data_in(task, 0, len, (arg & 2 != 0).then_some(status))
+                        self.conn
+                            .send_data_in(task, 0, len, (arg & 2 != 0).then_some(status))
                     }
                     2 => self.conn.request_remaining_data(task),
                     3 => {
                         let off = u32::from(arg) * 16;
-                        self.conn.request_data_out(task, off, write_len.saturating_sub(off))
+                        self.conn
+                            .request_data_out(task, off, write_len.saturating_sub(off))
                     }
                     _ => self.conn.abort_task(task),
                 };
@@ -571,19 +617,26 @@ fuzz_target!(|data: &[u8]| {
         itt: 0,
         digests: Digests::NONE,
         dead: false,
+        hdr: vec![0u8; BUF + 64],
+        pdu: Vec::with_capacity(IO + 64),
     };
     let mut steps = 0;
+    let mut logged_in = false;
     while let Some((&op, r)) = rest.split_first() {
         rest = r;
         steps += 1;
-        if h.dead || steps > 256 {
+        if h.dead || steps > 128 {
             break;
         }
         let mut take = |n: usize| take(&mut rest, n);
         match op % 8 {
             0 => {
                 let k = take(1).first().copied().unwrap_or(0);
-                h.login(k | if bits & 2 != 0 { 3 } else { 0 });
+                // One scripted login per input (op 5 sends Login Requests later on).
+                if !logged_in {
+                    logged_in = true;
+                    h.login(k | if bits & 2 != 0 { 3 } else { 0 });
+                }
             }
             1 => {
                 let l = take(2);

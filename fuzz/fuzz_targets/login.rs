@@ -2,7 +2,7 @@
 //! discovery login, Text Requests through the discovery exchange).
 //!
 //! Input: byte 0 configures the hooks (bit 0: CHAP required, bit 1: mutual account exists,
-//! bit 2: TSIH allocation fails, bits 3-4: join decision, bit 5: strict config); then records
+//! bit 2: TSIH assignment fails, bits 3-4: join decision, bit 5: strict config); then records
 //! `[flags][version_max][version_min][tsih_sel][len_hi][len_lo][data; len]` where `flags` is
 //! byte 1 of the Login Request BHS (T, C, CSG, NSG).
 #![no_main]

@@ -49,7 +49,12 @@ fuzz_target!(|input: &[u8]| {
     };
     // Accessors on an arbitrary (possibly short) header never panic.
     let view = Bhs::new_unchecked(rest);
-    let _ = (view.opcode(), view.itt(), view.data_segment_len(), view.cdb());
+    let _ = (
+        view.opcode(),
+        view.itt(),
+        view.data_segment_len(),
+        view.cdb(),
+    );
 
     while !rest.is_empty() {
         let len = match pdu_len_checked(rest, digests, MAX_DATA_SEGMENT_LEN) {

@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use scsi_core::{
-    Action, DataDirection, IoOp, IoResult, LogicalUnit, Lun, LuConfig, NexusId, TaskAttr,
-    TaskTag, Target, UnmapRanges, VerifyMode,
+    Action, DataDirection, IoOp, IoResult, LogicalUnit, LuConfig, Lun, NexusId, Target, TaskAttr,
+    TaskId, TaskTag, UnmapRanges, VerifyMode,
 };
 
 type T = Target<4, 8, 2>;
@@ -25,9 +25,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = t.add_lun(0, LogicalUnit::new(LuConfig::new(64).thin(true)));
     let _ = t.add_lun(1, LogicalUnit::new(LuConfig::new(32).removable(true)));
     let _ = t.add_lun(2, LogicalUnit::new(LuConfig::new(16).read_only(true)));
+    // Identities for persistent reservations: an initiator port with ISID and a bare name.
+    let _ = t.add_nexus_with_port(NexusId(0), b"iqn.2026-01.fuzz:a,i,0x000000000001", 1);
+    let _ = t.add_nexus_with_port(NexusId(1), b"iqn.2026-01.fuzz:b", 1);
     let mut d = data;
     let mut tag = 0u32;
-    let mut pending: Vec<(Lun, scsi_core::TaskId)> = Vec::new();
+    let mut pending: Vec<(Lun, TaskId)> = Vec::new();
     while d.len() >= 5 {
         let h = take(&mut d, 5);
         let lun = Lun::from_number(u16::from(h[0] & 0x03));
@@ -50,78 +53,103 @@ fuzz_target!(|data: &[u8]| {
             2 => TaskAttr::HeadOfQueue,
             _ => TaskAttr::Aca,
         };
-        if t
-            .submit(lun, nexus, TaskTag(tag), cdb, DataDirection::Write, expected, attr)
-            .is_err()
+        if t.submit(
+            lun,
+            nexus,
+            TaskTag(tag),
+            cdb,
+            DataDirection::Write,
+            expected,
+            attr,
+        )
+        .is_err()
         {
             continue;
         }
         if flags & 0x40 != 0 {
             // Abort something at a random point.
-            let id = scsi_core::TaskId { nexus, tag: TaskTag(tag.wrapping_sub(1)) };
+            let id = TaskId {
+                nexus,
+                tag: TaskTag(tag.wrapping_sub(1)),
+            };
             let _ = t.abort_task(lun, id);
         }
         if flags & 0x80 != 0 {
-            let _ = t.lu_reset(lun);
+            let _ = match tag % 3 {
+                0 => t.lu_reset(lun),
+                1 => t.lu_reset_by(lun, nexus),
+                _ => t.target_reset_by(nexus, tag & 4 != 0),
+            };
         }
-        // Drive every action; I/O completes at once except every other one, which is
-        // completed after the loop (out of order).
-        let mut defer = flags & 0x20 != 0;
-        while let Some(a) = t.poll_action() {
-            let lun = a.lun;
-            match a.action {
-                Action::NeedDataOut { task, len } => {
-                    assert!(len <= expected);
-                    let _ = t.data_out_ready(lun, task, &param[..len as usize]);
-                }
-                Action::DataIn { task, len } => {
-                    let mut buf = vec![0u8; len as usize];
-                    let n = t.emit_data_in(lun, task, &mut buf).unwrap_or(0);
-                    assert!(n <= len as usize);
-                }
-                Action::Io(io) => {
-                    assert!(io.lba.saturating_add(io.blocks) <= 64 || io.op == IoOp::Flush);
-                    if defer {
-                        defer = false;
-                        pending.push((lun, io.task));
-                        continue;
-                    }
-                    let n = (io.byte_len() as usize).min(1 << 20);
-                    match io.op {
-                        IoOp::Verify { mode } if mode != VerifyMode::Medium => {
-                            let read = vec![0u8; n];
-                            let _ = t.compare_data(lun, io.task, &read, &param);
-                        }
-                        IoOp::CompareAndWrite => {
-                            let read = vec![0u8; n];
-                            let _ = t.compare_data(lun, io.task, &read, &param[..n.min(param.len())]);
-                        }
-                        IoOp::LbaStatus => {
-                            let _ = t.lba_status_result(lun, io.task, flags & 4 != 0, u64::from(flags));
-                        }
-                        IoOp::Unmap { .. } => {
-                            for (lba, n) in UnmapRanges::new(&param) {
-                                assert!(lba.saturating_add(u64::from(n)) <= 64);
-                            }
-                            let _ = t.complete_io(lun, io.task, IoResult::Ok);
-                        }
-                        _ => {
-                            let r = if flags & 8 != 0 { IoResult::WriteError } else { IoResult::Ok };
-                            let _ = t.complete_io(lun, io.task, r);
-                        }
-                    }
-                }
-                Action::Complete { .. } => {}
-            }
-        }
+        // Drive every action; the first I/O of a record may be deferred and completed
+        // after all records (out of order).
+        let defer = flags & 0x20 != 0;
+        drive(&mut t, &param, flags, defer, &mut pending);
     }
-    for (lun, task) in pending.drain(..) {
+    let deferred: Vec<_> = pending.drain(..).collect();
+    for (lun, task) in deferred {
         let _ = t.complete_io(lun, task, IoResult::Ok);
-        while let Some(a) = t.poll_action() {
-            if let Action::DataIn { task, len } = a.action {
-                let mut buf = vec![0u8; len as usize];
-                let _ = t.emit_data_in(a.lun, task, &mut buf);
-            }
+        drive(&mut t, &[], 0, false, &mut pending);
+    }
+    // Every command finished: nothing may be left behind.
+    for n in 0..3u16 {
+        if let Some(lu) = t.lu(n) {
+            assert_eq!(lu.active_tasks(), 0);
         }
     }
 });
+
+fn drive(t: &mut T, param: &[u8], flags: u8, mut defer: bool, pending: &mut Vec<(Lun, TaskId)>) {
+    while let Some(a) = t.poll_action() {
+        let lun = a.lun;
+        match a.action {
+            Action::NeedDataOut { task, len } => {
+                let mut p = param.to_vec();
+                p.resize(len as usize, 0);
+                let _ = t.data_out_ready(lun, task, &p);
+            }
+            Action::DataIn { task, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let n = t.emit_data_in(lun, task, &mut buf).unwrap_or(0);
+                assert!(n <= len as usize);
+            }
+            Action::Io(io) => {
+                assert!(io.lba.saturating_add(io.blocks) <= 64);
+                if defer {
+                    defer = false;
+                    pending.push((lun, io.task));
+                    continue;
+                }
+                let n = (io.byte_len() as usize).min(1 << 20);
+                match io.op {
+                    IoOp::Verify { mode } if mode != VerifyMode::Medium => {
+                        let read = vec![0u8; n];
+                        let _ = t.compare_data(lun, io.task, &read, param);
+                    }
+                    IoOp::CompareAndWrite => {
+                        let read = vec![0u8; n];
+                        let _ = t.compare_data(lun, io.task, &read, &param[..n.min(param.len())]);
+                    }
+                    IoOp::LbaStatus => {
+                        let _ = t.lba_status_result(lun, io.task, flags & 4 != 0, u64::from(flags));
+                    }
+                    IoOp::Unmap { .. } => {
+                        for (lba, n) in UnmapRanges::new(param) {
+                            assert!(lba.saturating_add(u64::from(n)) <= 64);
+                        }
+                        let _ = t.complete_io(lun, io.task, IoResult::Ok);
+                    }
+                    _ => {
+                        let r = if flags & 8 != 0 {
+                            IoResult::WriteError
+                        } else {
+                            IoResult::Ok
+                        };
+                        let _ = t.complete_io(lun, io.task, r);
+                    }
+                }
+            }
+            Action::Complete { .. } => {}
+        }
+    }
+}

@@ -22,7 +22,10 @@
     clippy::std_instead_of_core,
     clippy::alloc_instead_of_core
 )]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 #[cfg(feature = "std")]
 extern crate std;

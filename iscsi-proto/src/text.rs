@@ -6,7 +6,7 @@
 //! - [`parse_pairs`]: parse a complete text segment into a caller-provided array of
 //!   [`KeyValue`]s (httparse style: a full array is [`TextError::TooManyKeys`], never a panic);
 //!   the per-pair grammar is written with `nom`;
-//! - value helpers: [`list_items`] (comma-separated lists, iterated without allocation),
+//! - value helpers: [`list_items`] (comma-separated lists, iterated in place),
 //!   [`parse_number`] (decimal, `0x` hex, `0b` base64), [`decode_binary`] (large binary values
 //!   such as `CHAP_C`), [`parse_range`] (`a~b`), [`parse_bool`] (`Yes`/`No`) and the special
 //!   values [`Special`] (`NotUnderstood`, `Irrelevant`, `Reject`, `None`);

@@ -34,7 +34,7 @@ use scsi_core::{
     Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag,
 };
 
-use crate::exec::{IoAnswer, IoCallbacks, execute};
+use crate::exec::{IoAnswer, IoCallbacks, execute, execute_copy};
 use crate::registry::{IoKind, LunBackend, Registry, ScsiTarget, SessionRecord, TargetNode, Wake};
 
 /// Task slots per connection (the connection's task table).
@@ -69,9 +69,15 @@ pub struct IoJob {
     pub req: IoRequest,
     /// The LUN's storage.
     pub backend: Arc<LunBackend>,
+    /// For EXTENDED COPY: the source LUN's storage (`backend` is the destination's).
+    copy_src: Option<Arc<LunBackend>>,
     slot: usize,
     handle: TaskHandle,
     lun: Lun,
+    /// The target and nexus the task belongs to: the answer goes back to scsi-core even if
+    /// the connection has closed meanwhile, so the task's slot there is freed.
+    target: Arc<TargetNode>,
+    nexus: NexusId,
     buf: Vec<u8>,
     scratch: Vec<u8>,
     answer: Option<IoAnswer>,
@@ -90,12 +96,21 @@ impl IoJob {
     /// Performs the request on the LUN's store (blocking).
     pub fn run(&mut self) {
         let start = std::time::Instant::now();
-        let a = execute(
-            &*self.backend.store,
-            &self.req,
-            &mut self.buf,
-            &mut self.scratch,
-        );
+        let a = match (&self.copy_src, self.req.op) {
+            (Some(src), scsi_core::IoOp::Copy { .. }) => execute_copy(
+                &*src.store,
+                &*self.backend.store,
+                Arc::ptr_eq(src, &self.backend),
+                &self.req,
+                &mut self.scratch,
+            ),
+            _ => execute(
+                &*self.backend.store,
+                &self.req,
+                &mut self.buf,
+                &mut self.scratch,
+            ),
+        };
         let kind = match self.req.op {
             scsi_core::IoOp::Read => IoKind::Read,
             scsi_core::IoOp::Write => IoKind::Write,
@@ -522,20 +537,19 @@ impl Driver {
         slot.in_io = false;
         slot.buf = std::mem::take(&mut job.buf);
         slot.scratch = std::mem::take(&mut job.scratch);
-        if let Some(b) = &self.bound {
-            let mut g = b.target.scsi();
-            let slot = &self.slots[job.slot];
-            answer.apply(
-                &mut LuCalls {
-                    t: g.target(),
-                    lun: job.lun,
-                },
-                job.req.task,
-                &slot.buf,
-                &slot.scratch,
-            );
-            g.drain_actions(b.nexus, &mut self.actions);
-        }
+        let mut g = job.target.scsi();
+        let slot = &self.slots[job.slot];
+        answer.apply(
+            &mut LuCalls {
+                t: g.target(),
+                lun: job.lun,
+            },
+            job.req.task,
+            &slot.buf,
+            &slot.scratch,
+        );
+        g.drain_actions(job.nexus, &mut self.actions);
+        drop(g);
         let _ = job.handle;
         self.process(now);
     }
@@ -655,6 +669,16 @@ impl Driver {
             self.conn.close();
             return;
         }
+        // The initiator port identity persistent reservations are kept under (TransportID
+        // "<name>,i,0x<ISID>"); this target has one target port, relative port 1.
+        let port: String = isid.iter().fold(format!("{initiator},i,0x"), |mut s, b| {
+            s.push_str(&format!("{b:02x}"));
+            s
+        });
+        let _ = target
+            .scsi()
+            .target()
+            .add_nexus_with_port(nexus, port.as_bytes(), 1);
         let kill = self.kill.clone();
         let kill_wake = wake.clone();
         let logout_req = self.logout_req.clone();
@@ -852,12 +876,15 @@ impl Driver {
             }
             TmfFunction::LogicalUnitReset if !lun_known => TmfResponse::LunDoesNotExist,
             TmfFunction::LogicalUnitReset => {
+                // SAM-5: every nexus, the requester too, gets BUS DEVICE RESET FUNCTION
+                // OCCURRED (libiscsi's MultipathIO.Reset checks it on every path).
                 let _ = g.target().lu_reset(lun);
                 abort_conn_tasks(&mut self.conn, &mut self.slots, Some(lun));
                 TmfResponse::FunctionComplete
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
-                let _ = g.target().target_reset();
+                let cold = matches!(tmf.function, TmfFunction::TargetColdReset);
+                let _ = g.target().target_reset_by(nexus, cold);
                 abort_conn_tasks(&mut self.conn, &mut self.slots, None);
                 TmfResponse::FunctionComplete
             }
@@ -960,7 +987,19 @@ impl Driver {
             }
             Action::Io(req) => {
                 let Some(b) = &self.bound else { return };
-                let Some(backend) = b.target.backend(a.lun) else {
+                // EXTENDED COPY names its source and destination LUNs; everything else
+                // runs on the task's LUN.
+                let ends = match req.op {
+                    scsi_core::IoOp::Copy {
+                        src_lun, dst_lun, ..
+                    } => b
+                        .target
+                        .backend(Lun::from_number(dst_lun))
+                        .zip(b.target.backend(Lun::from_number(src_lun)))
+                        .map(|(d, s)| (d, Some(s))),
+                    _ => b.target.backend(a.lun).map(|d| (d, None)),
+                };
+                let Some((backend, copy_src)) = ends else {
                     let mut g = b.target.scsi();
                     let _ = g
                         .target()
@@ -991,9 +1030,12 @@ impl Driver {
                 self.jobs.push_back(IoJob {
                     req,
                     backend,
+                    copy_src,
                     slot: i,
                     handle: h,
                     lun: a.lun,
+                    target: b.target.clone(),
+                    nexus: b.nexus,
                     buf: std::mem::take(&mut slot.buf),
                     scratch: std::mem::take(&mut slot.scratch),
                     answer: None,

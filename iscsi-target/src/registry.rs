@@ -19,7 +19,7 @@ use scsi_core::{Action, LogicalUnit, LuConfig, Lun, NexusId, TargetAction, Targe
 use crate::acl::InitiatorRule;
 
 /// LUNs per target.
-pub const MAX_LUNS: usize = 64;
+pub const MAX_LUNS: usize = 32;
 /// Tasks per logical unit (all sessions together).
 pub const MAX_TASKS: usize = 256;
 /// I_T nexuses (sessions) per logical unit.
@@ -322,6 +322,20 @@ impl ScsiGuard<'_> {
     }
 }
 
+/// Builds the scsi-core target on the heap. It is several MB of fixed-capacity tables, and
+/// `Box::new` of a temporary is not guaranteed to avoid the stack copy (debug builds make
+/// it), so it is built on a helper thread whose stack has room for it.
+fn boxed_target() -> Box<ScsiTarget> {
+    let stack = 4 * std::mem::size_of::<ScsiTarget>() + (1 << 20);
+    std::thread::Builder::new()
+        .name("scsi-target-init".into())
+        .stack_size(stack)
+        .spawn(|| Box::new(ScsiTarget::new()))
+        .ok()
+        .and_then(|h| h.join().ok())
+        .unwrap_or_default()
+}
+
 fn finish_orphan(scsi: &mut ScsiTarget, a: TargetAction) {
     use scsi_core::IoResult;
     match a.action {
@@ -344,7 +358,7 @@ impl TargetNode {
             acl: RwLock::new(Vec::new()),
             auth: RwLock::new(TargetAuth::default()),
             scsi: Mutex::new(ScsiShared {
-                scsi: Box::default(),
+                scsi: boxed_target(),
                 mail: HashMap::new(),
             }),
             luns: RwLock::new(Vec::new()),

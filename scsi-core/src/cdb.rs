@@ -44,6 +44,10 @@ pub mod op {
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10).
     pub const MODE_SENSE_10: u8 = 0x5A;
+    /// EXTENDED COPY (LID1).
+    pub const EXTENDED_COPY: u8 = 0x83;
+    /// RECEIVE COPY RESULTS.
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// READ (16).
     pub const READ_16: u8 = 0x88;
     /// COMPARE AND WRITE.
@@ -60,6 +64,8 @@ pub mod op {
     pub const PRE_FETCH_16: u8 = 0x90;
     /// SYNCHRONIZE CACHE (16).
     pub const SYNC_CACHE_16: u8 = 0x91;
+    /// WRITE ATOMIC (16).
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     /// WRITE SAME (16).
     pub const WRITE_SAME_16: u8 = 0x93;
     /// SERVICE ACTION IN (16): READ CAPACITY (16), GET LBA STATUS.
@@ -177,6 +183,11 @@ pub(crate) fn rw_layout(c: &Cdb) -> Option<RwLayout> {
             blocks: u64::from(c.u32(10)),
             len_byte: 10,
         },
+        WRITE_ATOMIC_16 => RwLayout {
+            lba: c.u64(2),
+            blocks: u64::from(c.u16(12)),
+            len_byte: 12,
+        },
         COMPARE_AND_WRITE => RwLayout {
             lba: c.u64(2),
             blocks: u64::from(c.b(13)),
@@ -202,6 +213,7 @@ pub(crate) fn writes_medium(opcode: u8) -> bool {
             | WRITE_SAME_16
             | ORWRITE_16
             | COMPARE_AND_WRITE
+            | WRITE_ATOMIC_16
             | UNMAP
     )
 }

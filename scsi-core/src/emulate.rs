@@ -175,7 +175,13 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                     o.zeros(16);
                 }
                 o.u64(cfg.max_write_same_blocks);
-                o.zeros(20);
+                // WRITE ATOMIC (16): maximum atomic transfer length, alignment and
+                // granularity 1, no atomic boundaries.
+                o.u32(cfg.max_transfer_blocks);
+                o.u32(1);
+                o.u32(1);
+                o.u32(0);
+                o.u32(0);
             }
             0xB1 => {
                 o.u16(0x0001); // non-rotating medium

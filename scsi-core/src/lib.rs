@@ -68,6 +68,7 @@ pub mod config;
 mod emulate;
 pub mod lu;
 pub mod lun;
+mod opcodes;
 mod out;
 pub mod pr;
 pub mod sense;

@@ -6,7 +6,10 @@ use crate::out::Out;
 use crate::sense::{Asc, Sense, SenseKey};
 use crate::types::*;
 
+mod copy;
 mod reservations;
+
+pub(crate) use copy::CopyPeer;
 
 /// Unit attentions queued per nexus.
 pub const UA_QUEUE: usize = 8;
@@ -105,7 +108,16 @@ enum Phase {
 enum Extra {
     None,
     Sense(Sense),
-    LbaStatus { lba: u64, blocks: u32, mapped: bool },
+    LbaStatus {
+        lba: u64,
+        blocks: u32,
+        mapped: bool,
+    },
+    /// EXTENDED COPY: its list identifier and whether its results are held.
+    Copy {
+        list_id: u8,
+        hold: bool,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -162,6 +174,9 @@ pub struct LogicalUnit<const TASKS: usize, const NEXUS: usize> {
     pub(crate) pr: crate::pr::PrState<NEXUS>,
     /// The nexus holding a RESERVE (6)/(10) reservation.
     pub(crate) legacy: Option<NexusId>,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    copy_results: [Option<copy::CopyResult>; copy::COPY_RESULTS],
+    copy_next: usize,
 }
 
 type Step = Result<Pend, Sense>;
@@ -187,6 +202,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             report_lun0: false,
             pr: crate::pr::PrState::new(),
             legacy: None,
+            copy_results: [None; copy::COPY_RESULTS],
+            copy_next: 0,
         }
     }
 
@@ -710,7 +727,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             | op::WRITE_VERIFY_10
             | op::WRITE_VERIFY_12
             | op::WRITE_VERIFY_16
-            | op::ORWRITE_16 => self.write(i, c),
+            | op::ORWRITE_16
+            | op::WRITE_ATOMIC_16 => self.write(i, c),
             op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => self.verify(i, c),
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(i, c),
             op::UNMAP => self.unmap_start(i, c),
@@ -721,6 +739,17 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             op::READ_DEFECT_DATA_10 => self.data_in(i, c, u32::from(c.u16(7))),
             op::READ_DEFECT_DATA_12 => self.data_in(i, c, c.u32(6)),
             op::PERSISTENT_RESERVE_IN => self.prin_start(i, c),
+            op::EXTENDED_COPY => self.extended_copy_start(i, c),
+            op::RECEIVE_COPY_RESULTS => self.receive_copy_results_start(i, c),
+            op::MAINTENANCE_IN => match c.b(1) & 0x1F {
+                op::SA_REPORT_SUPPORTED_OPCODES => {
+                    crate::opcodes::check(c.b(2) & 0x07, c.b(3))
+                        .map_err(|(b, bit)| Sense::invalid_cdb(b, bit))?;
+                    self.data_in(i, c, c.u32(6))
+                }
+                op::SA_REPORT_SUPPORTED_TMFS => self.data_in(i, c, c.u32(6)),
+                _ => Err(Sense::invalid_cdb(1, Some(4))),
+            },
             op::PERSISTENT_RESERVE_OUT => self.prout_start(i, c),
             op::RESERVE_6 | op::RESERVE_10 => self.reserve_legacy(i, c),
             op::RELEASE_6 | op::RELEASE_10 => self.release_legacy(i, c),
@@ -1089,6 +1118,15 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         if verify && c.b(1) & 0x06 == 0x04 {
             return Err(Sense::invalid_cdb(1, Some(2)));
         }
+        if o == op::WRITE_ATOMIC_16 {
+            // No atomic boundaries (MAXIMUM ATOMIC BOUNDARY SIZE = 0); the length is held
+            // to MAXIMUM ATOMIC TRANSFER LENGTH (the transfer limit, checked below). The
+            // write is one I/O and overlapping commands are ordered around it, so no other
+            // command sees part of it.
+            if c.u16(10) != 0 {
+                return Err(Sense::invalid_cdb(10, None));
+            }
+        }
         self.need_medium()?;
         self.check_range(l.lba, l.blocks)?;
         self.check_max_transfer(l.blocks, l.len_byte)?;
@@ -1202,6 +1240,11 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             return Err(Sense::invalid_cdb(l.len_byte, None));
         }
         self.need_writable()?;
+        if unmap && !self.cfg.thin {
+            // Without logical block provisioning management (LBPME = 0) there is nothing
+            // to unmap: LBPWS/LBPWS10 are clear and the bit is refused.
+            return Err(Sense::invalid_cdb(1, Some(3)));
+        }
         let bs = self.cfg.block_bytes();
         let expected = self.tasks[i].as_ref().map_or(0, |t| t.expected);
         if ndob {
@@ -1278,6 +1321,11 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let expected = self.tasks[i].as_ref().map_or(0, |t| t.expected);
         self.want_data_out(i, bytes)?;
         if l.blocks == 0 {
+            // No blocks but a Data-Out buffer: the initiator meant more blocks than the
+            // one-byte field can say (256 and up are above MAXIMUM COMPARE AND WRITE LENGTH).
+            if expected != 0 {
+                return Err(Sense::invalid_cdb(13, None));
+            }
             return Ok(self.good(i));
         }
         if expected != bytes {
@@ -1341,12 +1389,23 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     /// only checked for length and stays in the runtime's buffer for the following
     /// [`Action::Io`].
     pub fn data_out_ready(&mut self, task: TaskId, data: &[u8]) -> Result<(), CallbackError> {
+        self.data_out_ready_peers(task, data, &[])
+    }
+
+    /// [`Self::data_out_ready`] with the LUs EXTENDED COPY may address (the
+    /// [`crate::Target`] passes its LUs; without them only this LU is addressable).
+    pub(crate) fn data_out_ready_peers(
+        &mut self,
+        task: TaskId,
+        data: &[u8],
+        peers: &[CopyPeer],
+    ) -> Result<(), CallbackError> {
         let i = self.task_index(task).ok_or(CallbackError::UnknownTask)?;
         let t = self.tasks[i].ok_or(CallbackError::UnknownTask)?;
         if t.phase != Phase::WaitDataOut {
             return Err(CallbackError::WrongState);
         }
-        let p = match self.after_data_out(i, t, data) {
+        let p = match self.after_data_out(i, t, data, peers) {
             Ok(p) => p,
             Err(s) => self.fail(i, s),
         };
@@ -1354,7 +1413,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         Ok(())
     }
 
-    fn after_data_out(&mut self, i: usize, t: Task, data: &[u8]) -> Step {
+    fn after_data_out(&mut self, i: usize, t: Task, data: &[u8], peers: &[CopyPeer]) -> Step {
         // The length asked for with NeedDataOut (still in `pend`).
         let need = match t.pend {
             Pend::DataOut(n) => n as usize,
@@ -1374,6 +1433,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             }
             op::UNMAP => self.unmap_data(i, data),
             op::PERSISTENT_RESERVE_OUT => self.prout_data(i, t, data),
+            op::EXTENDED_COPY => self.copy_data(i, t, data, peers),
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
                 let zero = data.iter().all(|b| *b == 0);
                 Ok(self.io(
@@ -1520,6 +1580,30 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             }
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => self.emit_mode_sense(c, o),
             op::PERSISTENT_RESERVE_IN => self.emit_prin(c, o),
+            op::RECEIVE_COPY_RESULTS => self.emit_copy_results(t, c, o),
+            op::MAINTENANCE_IN if c.b(1) & 0x1F == op::SA_REPORT_SUPPORTED_OPCODES => {
+                crate::opcodes::emit(
+                    o,
+                    self.cfg.thin,
+                    c.b(2) & 0x80 != 0,
+                    c.b(2) & 0x07,
+                    c.b(3),
+                    c.u16(4),
+                );
+            }
+            op::MAINTENANCE_IN => {
+                // ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET,
+                // TARGET RESET.
+                o.u8(0xDA);
+                o.u8(0x00);
+                o.u8(0);
+                if c.b(2) & 0x80 != 0 {
+                    o.u8(0x0C);
+                    o.zeros(12);
+                } else {
+                    o.u8(0);
+                }
+            }
             op::READ_CAPACITY_10 => {
                 let last = self.cfg.num_blocks.saturating_sub(1);
                 o.u32(u32::try_from(last).unwrap_or(u32::MAX));
@@ -1569,6 +1653,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             return Err(CallbackError::WrongState);
         }
         let p = match result {
+            _ if t.cdb.opcode() == op::EXTENDED_COPY => self.copy_done(i, t, result),
             IoResult::Ok => self.good(i),
             e => self.fail(i, io_sense(t.cdb.opcode(), e)),
         };
@@ -1724,10 +1809,22 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
 
     /// [`Self::lu_reset`] requested through nexus `by`: the unit attention goes to every
     /// other nexus only — the requester learns of the reset from the task management
-    /// response (as the initiator that caused a change is told directly for MODE SELECT; it
-    /// keeps libiscsi's "TEST UNIT READY until GOOD" loops after a reset from failing).
+    /// response. (SAM-5 has every nexus, the requester included, told: that is
+    /// [`Self::lu_reset`], which runtimes use for LOGICAL UNIT RESET.)
     pub fn lu_reset_by(&mut self, by: Option<NexusId>) -> TmfOutcome {
         self.reset_with(by, Asc::BUS_DEVICE_RESET)
+    }
+
+    /// TARGET WARM RESET (`cold == false`) or TARGET COLD RESET (`cold == true`, see
+    /// [`Self::power_on_reset`]) requested through nexus `by`: a logical unit reset whose
+    /// unit attention, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED, goes to every nexus
+    /// but the requester (which learns of the reset from the task management response).
+    pub fn target_reset_by(&mut self, by: Option<NexusId>, cold: bool) -> TmfOutcome {
+        if cold {
+            self.power_on_reset(by)
+        } else {
+            self.reset_with(by, Asc::POWER_ON_RESET)
+        }
     }
 
     /// A power-on reset of the LU (TARGET COLD RESET): as [`Self::lu_reset_by`] with POWER ON,

@@ -179,6 +179,27 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         r
     }
 
+    /// Register a nexus with every LU together with its identity for persistent
+    /// reservations (see [`LogicalUnit::add_nexus_with_port`]): `initiator_port` is the
+    /// iSCSI initiator port name `"<initiator name>,i,0x<ISID in 12 hex digits>"`,
+    /// `relative_target_port` the target port it logged in through. LUs added later learn it
+    /// when the nexus sends them its first command only as an anonymous nexus, so call this
+    /// again after adding LUs.
+    pub fn add_nexus_with_port(
+        &mut self,
+        id: NexusId,
+        initiator_port: &[u8],
+        relative_target_port: u16,
+    ) -> Result<(), NexusError> {
+        let mut r = Ok(());
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            if let Err(e) = lu.add_nexus_with_port(id, initiator_port, relative_target_port) {
+                r = Err(e);
+            }
+        }
+        r
+    }
+
     /// Forget a nexus everywhere (its tasks are aborted, PREVENT released).
     pub fn remove_nexus(&mut self, id: NexusId) -> TmfOutcome {
         let mut out = self.absent.remove_nexus(id);
@@ -232,7 +253,17 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         task: TaskId,
         data: &[u8],
     ) -> Result<(), CallbackError> {
-        self.route(lun).data_out_ready(task, data)
+        // EXTENDED COPY may address every LU of the target.
+        let mut peers = [crate::lu::CopyPeer::EMPTY; LUNS];
+        let mut n = 0;
+        for (num, lu) in self.luns.iter().flatten() {
+            if let Some(p) = peers.get_mut(n) {
+                *p = lu.copy_peer(*num);
+                n += 1;
+            }
+        }
+        self.route(lun)
+            .data_out_ready_peers(task, data, &peers[..n])
     }
 
     /// See [`LogicalUnit::emit_data_in`]; REPORT LUNS lists this target's LUNs.
@@ -307,6 +338,23 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// LOGICAL UNIT RESET on `lun`.
     pub fn lu_reset(&mut self, lun: Lun) -> TmfOutcome {
         self.route(lun).lu_reset()
+    }
+
+    /// LOGICAL UNIT RESET on `lun` requested through nexus `by`, which gets no unit
+    /// attention for it (see [`LogicalUnit::lu_reset_by`]).
+    pub fn lu_reset_by(&mut self, lun: Lun, by: NexusId) -> TmfOutcome {
+        self.route(lun).lu_reset_by(Some(by))
+    }
+
+    /// TARGET WARM RESET (`cold == false`) or TARGET COLD RESET (`cold == true`) of every
+    /// LU, requested through nexus `by` (see [`LogicalUnit::target_reset_by`]). The
+    /// runtime drops the connections of a cold reset itself.
+    pub fn target_reset_by(&mut self, by: NexusId, cold: bool) -> TmfOutcome {
+        let mut out = self.absent.target_reset_by(Some(by), cold);
+        for (_, lu) in self.luns.iter_mut().flatten() {
+            add(&mut out, lu.target_reset_by(Some(by), cold));
+        }
+        out
     }
 
     /// I_T NEXUS RESET: on every LU.

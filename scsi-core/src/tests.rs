@@ -206,7 +206,7 @@ impl H {
                     data_out[..bs].to_vec()
                 };
                 assert_eq!(zero, block.iter().all(|b| *b == 0));
-                if unmap && zero {
+                if unmap {
                     self.disk.unmap(io.lba, io.blocks);
                 } else {
                     for k in 0..io.blocks {
@@ -232,6 +232,17 @@ impl H {
                 let mut cur = self.disk.data[r].to_vec();
                 or_into(&mut cur, data_out);
                 self.disk.write(io.lba, &cur);
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
+            IoOp::Copy {
+                src_lun,
+                src_lba,
+                dst_lun,
+            } => {
+                assert_eq!(src_lun, dst_lun);
+                let src = self.disk.range(src_lba, io.blocks);
+                let block = self.disk.data[src].to_vec();
+                self.disk.write(io.lba, &block);
                 self.lu.complete_io(t, IoResult::Ok).unwrap();
             }
             IoOp::LbaStatus => {
@@ -1630,4 +1641,850 @@ fn target_without_lun0_has_a_controller() {
     assert_eq!(d[0], 0x00);
     let (_, d) = target_run(&mut t, Lun::from_number(5), &rl, 256);
     assert_eq!(&d[..4], &[0, 0, 0, 16]);
+}
+
+// ------------------------------------------------------------------- reservations
+
+fn prout_cdb(sa: u8, ty: u8, len: u32) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x5F;
+    c[1] = sa;
+    c[2] = ty;
+    c[5..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn prin_cdb(sa: u8, len: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x5E;
+    c[1] = sa;
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn prout_params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = flags;
+    p
+}
+
+const WE: u8 = 1;
+const EA: u8 = 3;
+const WERO: u8 = 5;
+const EAAR: u8 = 8;
+
+impl H {
+    fn prout(&mut self, n: NexusId, sa: u8, ty: u8, key: u64, sa_key: u64) -> Outcome {
+        let p = prout_params(key, sa_key, 0);
+        self.run(n, &prout_cdb(sa, ty, 24), 24, &p)
+    }
+    fn prin(&mut self, n: NexusId, sa: u8) -> Vec<u8> {
+        let o = self.run(n, &prin_cdb(sa, 1024), 1024, &[]);
+        o.good();
+        o.data
+    }
+    fn write1(&mut self, n: NexusId) -> Outcome {
+        self.run(n, &cdb10(0x2A, 0, 1, 1), 512, &[0x11; 512])
+    }
+    fn read1(&mut self, n: NexusId) -> Outcome {
+        self.run(n, &cdb10(0x28, 0, 1, 1), 512, &[])
+    }
+    fn tur(&mut self, n: NexusId) -> Outcome {
+        self.run(n, &[0; 6], 0, &[])
+    }
+}
+
+fn conflict(o: &Outcome) {
+    assert_eq!(o.status, ScsiStatus::ReservationConflict, "{o:?}");
+    assert!(o.sense.is_none());
+}
+
+#[test]
+fn pr_register_read_keys_and_generation() {
+    let mut h = H::thin();
+    assert_eq!(h.prin(N0, 0), [0, 0, 0, 0, 0, 0, 0, 0]);
+    // REGISTER with a non-zero RESERVATION KEY from an unregistered nexus conflicts.
+    conflict(&h.prout(N0, 0, 0, 5, 0xAA));
+    h.prout(N0, 0, 0, 0, 0xAA).good();
+    h.prout(N1, 6, 0, 0x1234, 0xBB).good(); // REGISTER AND IGNORE EXISTING KEY
+    let d = h.prin(N0, 0);
+    assert_eq!(&d[..8], &[0, 0, 0, 2, 0, 0, 0, 16]);
+    assert_eq!(&d[8..16], &0xAAu64.to_be_bytes());
+    assert_eq!(&d[16..24], &0xBBu64.to_be_bytes());
+    // Re-registering with the wrong key conflicts; the right key changes it.
+    conflict(&h.prout(N0, 0, 0, 0xAB, 0xCC));
+    h.prout(N0, 0, 0, 0xAA, 0xCC).good();
+    assert_eq!(h.lu.pr_generation(), 3);
+    // Unregister (service action key 0).
+    h.prout(N0, 0, 0, 0xCC, 0).good();
+    let d = h.prin(N1, 0);
+    assert_eq!(&d[..8], &[0, 0, 0, 4, 0, 0, 0, 8]);
+    assert_eq!(h.lu.pr_registrations(), 1);
+    // Registering key 0 from an unregistered nexus is a no-op (no generation change).
+    h.prout(N0, 0, 0, 0, 0).good();
+    assert_eq!(h.lu.pr_generation(), 4);
+    // Truncated READ KEYS keeps ADDITIONAL LENGTH.
+    let o = h.run(N0, &prin_cdb(0, 8), 8, &[]);
+    assert_eq!(o.good().data, [0, 0, 0, 4, 0, 0, 0, 8]);
+}
+
+#[test]
+fn pr_cdb_and_parameter_errors() {
+    let mut h = H::thin();
+    for sa in 4..0x20u8 {
+        h.run(N0, &prin_cdb(sa, 64), 64, &[])
+            .invalid_cdb(1, Some(4));
+    }
+    h.run(N0, &prout_cdb(8, 0, 24), 24, &[0; 24])
+        .invalid_cdb(1, Some(4));
+    h.run(N0, &prout_cdb(1, 2, 24), 24, &[0; 24])
+        .invalid_cdb(2, Some(3));
+    h.run(N0, &prout_cdb(1, 0x11, 24), 24, &[0; 24])
+        .invalid_cdb(2, Some(7));
+    h.run(N0, &prout_cdb(0, 0, 20), 20, &[0; 20])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    h.run(N0, &prout_cdb(0, 0, 28), 28, &[0; 28])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    // SPEC_I_PT on RESERVE is refused.
+    h.prout(N0, 0, 0, 0, 1).good();
+    let p = prout_params(1, 0, 0x08);
+    let mut p28 = p.clone();
+    p28.extend_from_slice(&[0; 4]);
+    h.run(N0, &prout_cdb(1, WE, 28), 28, &p28).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+}
+
+#[test]
+fn pr_write_exclusive_conflicts() {
+    let mut h = H::thin();
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    // RESERVE needs a registration and the right key.
+    conflict(&h.prout(N1, 1, WE, 0, 0));
+    conflict(&h.prout(N0, 1, WE, 0xB, 0));
+    h.prout(N0, 1, WE, 0xA, 0).good();
+    // Reserving again with the same type is fine; another type conflicts.
+    h.prout(N0, 1, WE, 0xA, 0).good();
+    conflict(&h.prout(N0, 1, EA, 0xA, 0));
+    let d = h.prin(N1, 1);
+    assert_eq!(
+        d,
+        [
+            0, 0, 0, 1, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xA, 0, 0, 0, 0, 0, WE, 0, 0
+        ]
+    );
+    h.write1(N0).good();
+    h.read1(N1).good();
+    conflict(&h.write1(N1));
+    conflict(&h.run(N1, &[0x1A, 0, 0x3F, 0, 255, 0], 255, &[]));
+    h.tur(N1).good();
+    h.run(N1, &[0x12, 0, 0, 0, 36, 0], 36, &[]).good();
+    // A registered non-holder is no better off under WRITE EXCLUSIVE.
+    h.prout(N1, 6, 0, 0, 0xB).good();
+    conflict(&h.write1(N1));
+    // RELEASE by a non-holder is a no-op; with the wrong type it is an error.
+    h.prout(N1, 2, WE, 0xB, 0).good();
+    assert_eq!(h.lu.pr_reservation(), Some(PrType::WriteExclusive));
+    h.prout(N0, 2, EA, 0xA, 0).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_RELEASE_OF_PERSISTENT_RESERVATION,
+    );
+    h.prout(N0, 2, WE, 0xA, 0).good();
+    assert_eq!(h.lu.pr_reservation(), None);
+    h.write1(N1).good();
+    // Releasing WRITE EXCLUSIVE raises no unit attention; RESERVE/RELEASE did not count.
+    assert!(h.lu.pending_unit_attentions(N1).is_empty());
+    assert_eq!(h.lu.pr_generation(), 2);
+}
+
+#[test]
+fn pr_exclusive_access_and_registrants_only() {
+    let mut h = H::thin();
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    h.prout(N0, 1, EA, 0xA, 0).good();
+    conflict(&h.read1(N1));
+    conflict(&h.write1(N1));
+    h.run(N1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, &[]).good();
+    h.prout(N0, 2, EA, 0xA, 0).good();
+
+    h.prout(N0, 1, WERO, 0xA, 0).good();
+    h.read1(N1).good();
+    conflict(&h.write1(N1));
+    h.prout(N1, 6, 0, 0, 0xB).good();
+    h.write1(N1).good();
+    // The holder unregisters: a registrants-only reservation goes, and the other
+    // registrants hear RESERVATIONS RELEASED.
+    h.prout(N0, 0, 0, 0xA, 0).good();
+    assert_eq!(h.lu.pr_reservation(), None);
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::RESERVATIONS_RELEASED);
+    assert!(h.lu.pending_unit_attentions(N0).is_empty());
+}
+
+#[test]
+fn pr_all_registrants() {
+    let mut h = H::thin();
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    h.prout(N1, 6, 0, 0, 0xB).good();
+    h.prout(N0, 1, EAAR, 0xA, 0).good();
+    // Every registrant holds it: READ RESERVATION reports key 0.
+    let d = h.prin(N1, 1);
+    assert_eq!(&d[8..16], &[0; 8]);
+    assert_eq!(d[21], EAAR);
+    h.write1(N1).good();
+    // The reserving nexus leaves; the reservation stays with the other registrant.
+    h.prout(N0, 0, 0, 0xA, 0).good();
+    assert_eq!(
+        h.lu.pr_reservation(),
+        Some(PrType::ExclusiveAccessAllRegistrants)
+    );
+    conflict(&h.read1(N0));
+    // ... and goes with the last one.
+    h.prout(N1, 0, 0, 0xB, 0).good();
+    assert_eq!(h.lu.pr_reservation(), None);
+    h.read1(N0).good();
+}
+
+#[test]
+fn pr_clear_and_preempt() {
+    let mut h = H::thin();
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    h.prout(N1, 6, 0, 0, 0xB).good();
+    h.prout(N0, 1, WE, 0xA, 0).good();
+    // N1 preempts the holder: it now holds an EXCLUSIVE ACCESS reservation, N0's
+    // registration is gone and N0 hears REGISTRATIONS PREEMPTED.
+    h.prout(N1, 4, EA, 0xB, 0xA).good();
+    assert_eq!(h.lu.pr_registrations(), 1);
+    assert_eq!(h.lu.pr_reservation(), Some(PrType::ExclusiveAccess));
+    assert_eq!(h.lu.pr_generation(), 3);
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::REGISTRATIONS_PREEMPTED);
+    conflict(&h.read1(N0));
+    // Preempting a key nobody holds conflicts; key 0 is an invalid parameter.
+    conflict(&h.prout(N1, 4, EA, 0xB, 0x77));
+    h.prout(N1, 4, EA, 0xB, 0).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    // Without a reservation, PREEMPT removes registrations only.
+    h.prout(N0, 6, 0, 0, 0xC).good();
+    h.prout(N1, 2, EA, 0xB, 0).good();
+    h.prout(N1, 4, EA, 0xB, 0xC).good();
+    assert_eq!(h.lu.pr_reservation(), None);
+    assert_eq!(h.lu.pr_registrations(), 1);
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::REGISTRATIONS_PREEMPTED);
+    // CLEAR drops everything and tells the other registrants.
+    h.prout(N0, 6, 0, 0, 0xD).good();
+    h.prout(N1, 1, WE, 0xB, 0).good();
+    let g = h.lu.pr_generation();
+    h.prout(N1, 3, 0, 0xB, 0).good();
+    assert_eq!(h.lu.pr_generation(), g + 1);
+    assert_eq!(h.lu.pr_registrations(), 0);
+    assert_eq!(h.lu.pr_reservation(), None);
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::RESERVATIONS_PREEMPTED);
+    assert!(h.lu.pending_unit_attentions(N1).is_empty());
+}
+
+#[test]
+fn pr_preempt_and_abort_ends_queued_tasks() {
+    let mut h = H::thin();
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    h.prout(N1, 6, 0, 0, 0xB).good();
+    // An ORDERED task of N0 waits behind a running read of N1.
+    let r = submit(&mut h.lu, 900, &cdb10(0x28, 0, 0, 1), 512, TaskAttr::Simple);
+    let a = h.lu.poll_action().unwrap();
+    assert!(matches!(a, Action::Io(_)));
+    h.lu.submit(
+        N0,
+        TaskTag(901),
+        &cdb10(0x2A, 0, 5, 1),
+        DataDirection::Write,
+        512,
+        TaskAttr::Ordered,
+    )
+    .unwrap();
+    assert!(h.lu.poll_action().is_none());
+    // PREEMPT AND ABORT from N1 (HEAD OF QUEUE so it runs now).
+    let p = prout_params(0xB, 0xA, 0);
+    h.lu.submit(
+        N1,
+        TaskTag(902),
+        &prout_cdb(5, WE, 24),
+        DataDirection::Write,
+        24,
+        TaskAttr::HeadOfQueue,
+    )
+    .unwrap();
+    let t = TaskId::new(N1.0, 902);
+    assert_eq!(
+        h.lu.poll_action(),
+        Some(Action::NeedDataOut { task: t, len: 24 })
+    );
+    h.lu.data_out_ready(t, &p).unwrap();
+    let mut seen = Vec::new();
+    while let Some(a) = h.lu.poll_action() {
+        if let Action::Complete { task, status, .. } = a {
+            seen.push((task.tag.0, status));
+        }
+    }
+    assert!(seen.contains(&(902, ScsiStatus::Good)), "{seen:?}");
+    assert!(seen.contains(&(901, ScsiStatus::TaskAborted)), "{seen:?}");
+    assert_eq!(h.lu.pr_reservation(), None);
+    assert_eq!(h.lu.pr_registrations(), 1);
+    h.lu.complete_io(r, IoResult::Ok).unwrap();
+}
+
+#[test]
+fn pr_report_capabilities_and_full_status() {
+    let mut h = H::thin();
+    h.lu.add_nexus_with_port(N0, b"iqn.2000-01.test:a,i,0x00023d000001", 1)
+        .unwrap();
+    let d = h.prin(N0, 2);
+    assert_eq!(d, [0, 8, 0x1D, 0x90, 0xEA, 0x01, 0, 0]);
+    h.prout(N0, 6, 0, 0, 0x1122).good();
+    h.prout(N0, 1, WERO, 0x1122, 0).good();
+    let d = h.prin(N1, 3);
+    let name = b"iqn.2000-01.test:a,i,0x00023d000001";
+    let tid_len = 4 + (name.len() + 1).div_ceil(4) * 4;
+    let mut want = vec![0, 0, 0, 1];
+    want.extend_from_slice(&((24 + tid_len) as u32).to_be_bytes());
+    want.extend_from_slice(&0x1122u64.to_be_bytes());
+    want.extend_from_slice(&[0, 0, 0, 0, 0x01, WERO, 0, 0, 0, 0, 0, 1]);
+    want.extend_from_slice(&(tid_len as u32).to_be_bytes());
+    want.extend_from_slice(&[0x45, 0, 0, (tid_len - 4) as u8]);
+    want.extend_from_slice(name);
+    want.resize(8 + 24 + tid_len, 0);
+    assert_eq!(d, want);
+}
+
+fn tid(name: &[u8]) -> Vec<u8> {
+    let padded = (name.len() + 1).div_ceil(4) * 4;
+    let isid = name.windows(5).any(|w| w == b",i,0x");
+    let mut t = vec![if isid { 0x45 } else { 0x05 }, 0, 0, padded as u8];
+    t.extend_from_slice(name);
+    t.resize(4 + padded, 0);
+    t
+}
+
+#[test]
+fn pr_spec_i_pt_register_and_move_and_identity() {
+    let mut h = H::thin();
+    let a = b"iqn.2000-01.test:a,i,0x000000000001";
+    h.lu.add_nexus_with_port(N0, a, 1).unwrap();
+    // N0 registers itself and (by bare name) every port of initiator b.
+    let t = tid(b"iqn.2000-01.test:b");
+    let mut p = prout_params(0, 0x77, 0x08);
+    p.extend_from_slice(&(t.len() as u32).to_be_bytes());
+    p.extend_from_slice(&t);
+    let len = p.len() as u32;
+    h.run(N0, &prout_cdb(0, 0, len), len, &p).good();
+    assert_eq!(h.lu.pr_registrations(), 2);
+    // N1 turns out to be a port of b: it is registered (with the key N0 gave it).
+    h.lu.add_nexus_with_port(N1, b"iqn.2000-01.test:b,i,0x000000000009", 1)
+        .unwrap();
+    conflict(&h.prout(N1, 1, WE, 0x78, 0));
+    h.prout(N1, 1, WE, 0x77, 0).good();
+    // Move the reservation to a, registering a with key 0x99, and drop b's registration.
+    let t = tid(a);
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&0x77u64.to_be_bytes());
+    p[8..16].copy_from_slice(&0x99u64.to_be_bytes());
+    p[17] = 0x02;
+    p[18..20].copy_from_slice(&1u16.to_be_bytes());
+    p[20..24].copy_from_slice(&(t.len() as u32).to_be_bytes());
+    p.extend_from_slice(&t);
+    let len = p.len() as u32;
+    h.run(N1, &prout_cdb(7, WE, len), len, &p).good();
+    let d = h.prin(N1, 1);
+    assert_eq!(&d[8..16], &0x99u64.to_be_bytes());
+    assert_eq!(h.lu.pr_registrations(), 1);
+    conflict(&h.write1(N1));
+    h.write1(N0).good();
+    // A session that comes back with the same port name is the same I_T nexus.
+    h.lu.remove_nexus(N0);
+    let n9 = NexusId(9);
+    h.lu.add_nexus_with_port(n9, a, 1).unwrap();
+    h.tur(n9)
+        .sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    h.write1(n9).good();
+    // Resets do not touch persistent reservations.
+    h.lu.lu_reset();
+    assert_eq!(h.lu.pr_reservation(), Some(PrType::WriteExclusive));
+}
+
+#[test]
+fn pr_aptpl_image_round_trip() {
+    let mut h = H::thin();
+    h.lu.add_nexus_with_port(N0, b"iqn.x:a,i,0x000000000001", 1)
+        .unwrap();
+    assert!(!h.lu.take_pr_changed());
+    let p = prout_params(0, 0x55, 0x01);
+    h.run(N0, &prout_cdb(6, 0, 24), 24, &p).good();
+    h.prout(N0, 1, EA, 0x55, 0).good();
+    assert!(h.lu.take_pr_changed());
+    assert!(!h.lu.take_pr_changed());
+    assert_eq!(h.prin(N0, 2)[3], 0x91);
+    let mut img = [0u8; 256];
+    let n = h.lu.export_pr(&mut img);
+    assert_eq!(&img[..12], b"PRS1\x01\x00\x00\x00\x01\x00\x03\x01");
+    assert_eq!(n, 12 + 12 + 24);
+    // A fresh LU restores it: the same port is the holder.
+    let mut h2 = H::thin();
+    h2.lu.import_pr(&img[..n]).unwrap();
+    h2.lu
+        .add_nexus_with_port(N0, b"iqn.x:a,i,0x000000000001", 1)
+        .unwrap();
+    assert_eq!(h2.lu.pr_generation(), 1);
+    h2.write1(N0).good();
+    conflict(&h2.read1(N1));
+    // Power loss without APTPL forgets everything; with it the state stays.
+    h2.lu.power_on_reset(None);
+    assert_eq!(h2.lu.pr_reservation(), Some(PrType::ExclusiveAccess));
+    assert_eq!(h2.lu.import_pr(b"XXXX"), Err(PrImageError::BadFormat));
+    assert_eq!(h2.lu.import_pr(&img[..n - 1]), Err(PrImageError::Truncated));
+    let mut h3 = H::thin();
+    h3.prout(N0, 6, 0, 0, 0x1).good();
+    h3.prout(N0, 1, EA, 0x1, 0).good();
+    h3.lu.power_on_reset(None);
+    assert_eq!(h3.lu.pr_reservation(), None);
+    assert_eq!(h3.lu.pr_registrations(), 0);
+    let n = h3.lu.export_pr(&mut img);
+    assert_eq!(&img[..n], b"PRS1\x00\x00\x00\x00\x01\xFF\x00\x00");
+}
+
+#[test]
+fn reserve_release_6_and_10() {
+    let mut h = H::thin();
+    let res6 = [0x16, 0, 0, 0, 0, 0];
+    let rel6 = [0x17, 0, 0, 0, 0, 0];
+    h.run(N0, &res6, 0, &[]).good();
+    h.run(N0, &res6, 0, &[]).good();
+    conflict(&h.run(N1, &res6, 0, &[]));
+    conflict(&h.run(N1, &[0x1A, 0, 0x3F, 0, 255, 0], 255, &[]));
+    conflict(&h.tur(N1));
+    conflict(&h.prout(N1, 6, 0, 0, 1));
+    h.run(N1, &[0x12, 0, 0, 0, 36, 0], 36, &[]).good();
+    h.run(N1, &rel6, 0, &[]).good();
+    assert_eq!(h.lu.legacy_reservation(), Some(N0));
+    h.run(N0, &[0x1A, 0, 0x3F, 0, 255, 0], 255, &[]).good();
+    h.run(N0, &rel6, 0, &[]).good();
+    h.run(N1, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).good();
+    h.run(N1, &[0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[])
+        .invalid_cdb(1, Some(4));
+    // Nexus loss and LU reset release it.
+    h.lu.nexus_reset(N1);
+    assert_eq!(h.lu.legacy_reservation(), None);
+    h.run(N0, &res6, 0, &[]).good();
+    h.lu.lu_reset();
+    assert_eq!(h.lu.legacy_reservation(), None);
+    // With a persistent reservation, RESERVE conflicts except for its holder.
+    h.tur(N0);
+    h.tur(N1);
+    h.prout(N0, 6, 0, 0, 0xA).good();
+    h.prout(N0, 1, WE, 0xA, 0).good();
+    h.run(N0, &res6, 0, &[]).good();
+    assert_eq!(h.lu.legacy_reservation(), None);
+    conflict(&h.run(N1, &res6, 0, &[]));
+}
+
+#[test]
+fn reset_unit_attention_spares_the_requester() {
+    let mut h = H::thin();
+    h.lu.lu_reset_by(Some(N0));
+    h.tur(N0).good();
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+    h.lu.power_on_reset(Some(N1));
+    h.tur(N1).good();
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    h.lu.target_reset_by(Some(N0), false);
+    h.tur(N0).good();
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    // A plain LOGICAL UNIT RESET tells everybody.
+    h.lu.lu_reset();
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+}
+
+#[test]
+fn mode_change_undone_withdraws_unit_attention() {
+    let mut h = H::thin();
+    let on = control_page_select(false, true);
+    let off = control_page_select(false, false);
+    let sel = |len: usize| [0x15, 0x10, 0, 0, len as u8, 0];
+    h.run(N0, &sel(on.len()), on.len() as u32, &on).good();
+    assert_eq!(
+        h.lu.pending_unit_attentions(N1),
+        &[Asc::MODE_PARAMETERS_CHANGED]
+    );
+    h.run(N0, &sel(off.len()), off.len() as u32, &off).good();
+    assert!(h.lu.pending_unit_attentions(N1).is_empty());
+    h.run(N0, &sel(on.len()), on.len() as u32, &on).good();
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::MODE_PARAMETERS_CHANGED);
+    h.run(N0, &sel(off.len()), off.len() as u32, &off).good();
+    h.tur(N1)
+        .sense(SenseKey::UnitAttention, Asc::MODE_PARAMETERS_CHANGED);
+}
+
+#[test]
+fn compare_and_write_zero_blocks_with_data_and_write_same_unmap_without_lbpme() {
+    let mut h = H::thin();
+    let mut c = cdb16(0x89, 0, 0, 0);
+    c[13] = 0;
+    h.run(N0, &c, 1024, &[0; 1024]).invalid_cdb(13, None);
+    h.run(N0, &c, 0, &[]).good();
+    let mut h = H::new(LuConfig::new(1024));
+    h.run(N0, &cdb10(0x41, 0x08, 0, 1), 512, &[0; 512])
+        .invalid_cdb(1, Some(3));
+    // Write protection is reported first.
+    let mut h = H::new(LuConfig::new(1024).read_only(true));
+    h.run(N0, &cdb10(0x41, 0x08, 0, 1), 512, &[0; 512])
+        .sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+    // Thin: UNMAP deallocates whatever the block holds.
+    let mut h = H::thin();
+    h.write1(N0).good();
+    h.run(N0, &cdb10(0x41, 0x08, 1, 1), 512, &[0xFF; 512])
+        .good();
+    assert!(!h.disk.mapped[1]);
+}
+
+fn rsoc(rctd: bool, options: u8, opcode: u8, sa: u16, len: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = 0xA3;
+    c[1] = 0x0C;
+    c[2] = if rctd { 0x80 } else { 0 } | options;
+    c[3] = opcode;
+    c[4..6].copy_from_slice(&sa.to_be_bytes());
+    c[6..10].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+#[test]
+fn report_supported_opcodes() {
+    let mut h = H::thin();
+    let o = h.run(N0, &rsoc(false, 0, 0, 0, 4096), 4096, &[]);
+    let d = &o.good().data;
+    let len = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+    assert_eq!(len + 4, d.len());
+    assert_eq!(len % 8, 0);
+    // TEST UNIT READY first; PERSISTENT RESERVE IN reported per service action.
+    assert_eq!(&d[4..12], &[0x00, 0, 0, 0, 0, 0x00, 0, 6]);
+    let descs: Vec<&[u8]> = d[4..].chunks(8).collect();
+    assert!(descs.contains(&&[0x5E, 0, 0, 3, 0, 0x01, 0, 10][..]));
+    assert!(descs.contains(&&[0x42, 0, 0, 0, 0, 0x00, 0, 10][..]));
+    // With timeouts: 20 bytes per command.
+    let o = h.run(N0, &rsoc(true, 0, 0, 0, 8192), 8192, &[]);
+    let d = &o.good().data;
+    assert_eq!(
+        &d[4..24],
+        &[
+            0, 0, 0, 0, 0, 0x02, 0, 6, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 30
+        ]
+    );
+    assert_eq!((d.len() - 4) / 20, descs.len());
+    // One command: READ (10) with its CDB usage data (DPO, FUA).
+    let o = h.run(N0, &rsoc(false, 1, 0x28, 0, 64), 64, &[]);
+    assert_eq!(
+        o.good().data,
+        [
+            0, 0x03, 0, 10, 0x28, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0
+        ]
+    );
+    // An operation code with service actions needs options 2; one without needs 1.
+    h.run(N0, &rsoc(false, 1, 0x5E, 0, 64), 64, &[])
+        .invalid_cdb(3, None);
+    h.run(N0, &rsoc(false, 2, 0x28, 0, 64), 64, &[])
+        .invalid_cdb(3, None);
+    let o = h.run(N0, &rsoc(true, 2, 0x9E, 0x10, 64), 64, &[]);
+    let d = &o.good().data;
+    assert_eq!(&d[..6], &[0, 0x83, 0, 16, 0x9E, 0x1F]);
+    assert_eq!(d.len(), 4 + 16 + 12);
+    // Unsupported: SUPPORT = 001b.
+    let o = h.run(N0, &rsoc(false, 1, 0xC0, 0, 64), 64, &[]);
+    assert_eq!(o.good().data, [0, 0x01, 0, 0]);
+    h.run(N0, &rsoc(false, 4, 0, 0, 64), 64, &[])
+        .invalid_cdb(2, Some(2));
+    // A fully provisioned LU does not list UNMAP.
+    let mut h = H::new(LuConfig::new(64));
+    let o = h.run(N0, &rsoc(false, 0, 0, 0, 4096), 4096, &[]);
+    assert!(!o.good().data[4..].chunks(8).any(|c| c[0] == 0x42));
+    // REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
+    let mut c = rsoc(false, 0, 0, 0, 4);
+    c[1] = 0x0D;
+    assert_eq!(h.run(N0, &c, 4, &[]).good().data, [0xDA, 0x00, 0, 0]);
+}
+
+#[test]
+fn write_atomic_16() {
+    let mut h = H::thin();
+    let mut c = [0u8; 16];
+    c[0] = 0x9C;
+    c[1] = 0x08;
+    c[2..10].copy_from_slice(&3u64.to_be_bytes());
+    c[12..14].copy_from_slice(&2u16.to_be_bytes());
+    let data = pattern(1024, 5);
+    h.run(N0, &c, 1024, &data).good();
+    assert_eq!(&h.disk.data[3 * 512..5 * 512], &data[..]);
+    let io = h.disk.ios.last().copied().unwrap();
+    assert_eq!(
+        (io.op, io.lba, io.blocks, io.fua),
+        (IoOp::Write, 3, 2, true)
+    );
+    // Atomic boundaries are not supported.
+    c[10] = 1;
+    h.run(N0, &c, 1024, &data).invalid_cdb(10, None);
+    c[10] = 0;
+    c[2..10].copy_from_slice(&1023u64.to_be_bytes());
+    h.run(N0, &c, 1024, &data).oob();
+    // Zero blocks: only the LBA is checked.
+    c[12..14].copy_from_slice(&0u16.to_be_bytes());
+    c[2..10].copy_from_slice(&1024u64.to_be_bytes());
+    h.run(N0, &c, 0, &[]).good();
+    c[2..10].copy_from_slice(&1025u64.to_be_bytes());
+    h.run(N0, &c, 0, &[]).oob();
+    // VPD 0xB0 reports the atomic limits.
+    let o = h.run(N0, &[0x12, 1, 0xB0, 0, 64, 0], 64, &[]);
+    let d = &o.good().data;
+    assert_eq!(
+        &d[44..64],
+        &[
+            0, 0, 0x40, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0
+        ]
+    );
+}
+
+fn xcopy_list(
+    list_id: u8,
+    usage: u8,
+    naa: &[u64],
+    seg: Option<(u16, u16, u16, u64, u64)>,
+) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[0] = list_id;
+    p[1] = usage << 3;
+    p[2..4].copy_from_slice(&((naa.len() * 32) as u16).to_be_bytes());
+    let seg_len: u32 = if seg.is_some() { 28 } else { 0 };
+    p[8..12].copy_from_slice(&seg_len.to_be_bytes());
+    for n in naa {
+        let mut d = vec![0u8; 32];
+        d[0] = 0xE4;
+        d[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 0x08]);
+        d[8..16].copy_from_slice(&n.to_be_bytes());
+        d[29..32].copy_from_slice(&[0, 2, 0]);
+        p.extend_from_slice(&d);
+    }
+    if let Some((src, dst, blocks, sl, dl)) = seg {
+        let mut d = vec![0u8; 28];
+        d[0] = 0x02;
+        d[3] = 0x18;
+        d[4..6].copy_from_slice(&src.to_be_bytes());
+        d[6..8].copy_from_slice(&dst.to_be_bytes());
+        d[10..12].copy_from_slice(&blocks.to_be_bytes());
+        d[12..20].copy_from_slice(&sl.to_be_bytes());
+        d[20..28].copy_from_slice(&dl.to_be_bytes());
+        p.extend_from_slice(&d);
+    }
+    p
+}
+
+fn xcopy_cdb(len: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn rcr_cdb(sa: u8, list_id: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x84;
+    c[1] = sa;
+    c[2] = list_id;
+    c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    c
+}
+
+#[test]
+fn extended_copy_within_one_lu_and_copy_results() {
+    let mut h = H::new(LuConfig::new(1024).naa(0x6001_4050_0000_0042));
+    let naa = 0x6001_4050_0000_0042u64;
+    let data = pattern(4 * 512, 9);
+    h.run(N0, &cdb10(0x2A, 0, 10, 4), 2048, &data).good();
+    // Unknown list: INVALID FIELD IN CDB.
+    h.run(N0, &rcr_cdb(0, 7), 1024, &[]).invalid_cdb(2, None);
+    let p = xcopy_list(7, 0, &[naa], Some((0, 0, 4, 10, 500)));
+    let len = p.len() as u32;
+    h.run(N0, &xcopy_cdb(len), len, &p).good();
+    assert_eq!(&h.disk.data[500 * 512..504 * 512], &data[..]);
+    let io = h.disk.ios.last().copied().unwrap();
+    assert_eq!(
+        (io.op, io.lba, io.blocks),
+        (
+            IoOp::Copy {
+                src_lun: 0,
+                src_lba: 10,
+                dst_lun: 0
+            },
+            500,
+            4
+        )
+    );
+    let o = h.run(N0, &rcr_cdb(0, 7), 1024, &[]);
+    assert_eq!(o.good().data, [0, 0, 0, 8, 0x01, 0, 1, 0, 0, 0, 0x08, 0]);
+    // The other nexus has no results under that list id.
+    h.run(N1, &rcr_cdb(0, 7), 1024, &[]).invalid_cdb(2, None);
+    let o = h.run(N0, &rcr_cdb(3, 0), 1024, &[]);
+    let d = &o.good().data;
+    assert_eq!(&d[..4], &[0, 0, 0, 42]);
+    assert_eq!(&d[8..16], &[0, 2, 0, 1, 0, 0, 4, 0]);
+    assert_eq!(&d[43..], &[2, 0x02, 0xE4]);
+    // Zero-length parameter list: nothing to do.
+    h.run(N0, &xcopy_cdb(0), 0, &[]).good();
+}
+
+#[test]
+fn extended_copy_errors() {
+    let naa = 0x6001_4050_0000_0042u64;
+    let mut h = H::new(LuConfig::new(1024).naa(naa));
+    let run = |h: &mut H, p: &[u8]| {
+        let len = p.len() as u32;
+        h.run(N0, &xcopy_cdb(len), len, p)
+    };
+    // Truncated list.
+    let p = xcopy_list(1, 0, &[naa], Some((0, 0, 4, 10, 500)));
+    let len = p.len() as u32 - 1;
+    h.run(N0, &xcopy_cdb(len), len, &p[..len as usize])
+        .sense(SenseKey::IllegalRequest, Asc::PARAMETER_LIST_LENGTH_ERROR);
+    // Too many descriptors.
+    run(
+        &mut h,
+        &xcopy_list(1, 0, &[naa, naa, naa], Some((0, 0, 1, 0, 1))),
+    )
+    .sense(SenseKey::IllegalRequest, Asc::TOO_MANY_TARGET_DESCRIPTORS);
+    let mut p = xcopy_list(1, 0, &[naa], Some((0, 0, 1, 0, 1)));
+    let seg = p[48..76].to_vec();
+    p.extend_from_slice(&seg);
+    p[8..12].copy_from_slice(&56u32.to_be_bytes());
+    run(&mut h, &p).sense(SenseKey::IllegalRequest, Asc::TOO_MANY_SEGMENT_DESCRIPTORS);
+    // Unsupported descriptor types.
+    let mut p = xcopy_list(1, 0, &[naa], Some((0, 0, 1, 0, 1)));
+    p[16] = 0xE0;
+    run(&mut h, &p).sense(
+        SenseKey::IllegalRequest,
+        Asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE,
+    );
+    let mut p = xcopy_list(1, 0, &[naa], Some((0, 0, 1, 0, 1)));
+    p[48] = 0x03;
+    run(&mut h, &p).sense(
+        SenseKey::IllegalRequest,
+        Asc::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE,
+    );
+    // A designator no LU has, a descriptor index out of range, a range past the end.
+    run(&mut h, &xcopy_list(1, 0, &[naa + 1], Some((0, 0, 1, 0, 1))))
+        .sense(SenseKey::CopyAborted, Asc::UNREACHABLE_COPY_TARGET);
+    run(&mut h, &xcopy_list(1, 0, &[naa], Some((0, 1, 1, 0, 1))))
+        .sense(SenseKey::CopyAborted, Asc::COPY_TARGET_DEVICE_NOT_REACHABLE);
+    run(&mut h, &xcopy_list(2, 0, &[naa], Some((0, 0, 8, 0, 1020))))
+        .sense(SenseKey::CopyAborted, Asc::NO_ADDITIONAL_SENSE);
+    // The failure is held for RECEIVE COPY RESULTS (copy status and failed segment).
+    let o = h.run(N0, &rcr_cdb(0, 2), 1024, &[]);
+    assert_eq!(o.good().data[4], 0x02);
+    let o = h.run(N0, &rcr_cdb(4, 2), 1024, &[]);
+    let d = &o.good().data;
+    assert_eq!(&d[56..60], &[0x02, 0, 0, 18]);
+    assert_eq!((d[60], d[62] & 0x0F), (0x70, 0x0A));
+    // Inline data is not supported; LIST ID USAGE 11b needs list id 0.
+    let mut p = xcopy_list(1, 0, &[naa], None);
+    p[12..16].copy_from_slice(&4u32.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    run(&mut h, &p).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    run(&mut h, &xcopy_list(1, 3, &[naa], None)).sense(
+        SenseKey::IllegalRequest,
+        Asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    );
+    // A read-only destination.
+    let mut h = H::new(LuConfig::new(64).naa(naa).read_only(true));
+    run(&mut h, &xcopy_list(1, 0, &[naa], Some((0, 0, 1, 0, 1))))
+        .sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+}
+
+#[test]
+fn extended_copy_between_luns_of_a_target() {
+    let mut t: T = Target::new();
+    t.add_lun(
+        1,
+        LogicalUnit::new(LuConfig::new(64).naa(0x6000_0000_0000_0001)),
+    )
+    .unwrap();
+    t.add_lun(
+        2,
+        LogicalUnit::new(LuConfig::new(64).naa(0x6000_0000_0000_0002)),
+    )
+    .unwrap();
+    let lun = Lun::from_number(1);
+    t.add_nexus(N0).unwrap();
+    // Clear the POWER ON unit attention.
+    let _ = target_run(&mut t, lun, &[0, 0, 0, 0, 0, 0], 0);
+    let p = xcopy_list(
+        3,
+        0,
+        &[0x6000_0000_0000_0002, 0x6000_0000_0000_0001],
+        Some((0, 1, 8, 4, 16)),
+    );
+    let len = p.len() as u32;
+    t.submit(
+        lun,
+        N0,
+        TaskTag(77),
+        &xcopy_cdb(len),
+        DataDirection::Write,
+        len,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let task = TaskId::new(N0.0, 77);
+    let a = t.poll_action().unwrap();
+    assert_eq!(a.action, Action::NeedDataOut { task, len });
+    t.data_out_ready(lun, task, &p).unwrap();
+    let a = t.poll_action().unwrap();
+    let Action::Io(io) = a.action else {
+        panic!("{a:?}")
+    };
+    assert_eq!(
+        (io.op, io.lba, io.blocks, io.block_size),
+        (
+            IoOp::Copy {
+                src_lun: 2,
+                src_lba: 4,
+                dst_lun: 1
+            },
+            16,
+            8,
+            512
+        )
+    );
+    t.complete_io(lun, task, IoResult::Ok).unwrap();
+    let a = t.poll_action().unwrap();
+    assert!(
+        matches!(
+            a.action,
+            Action::Complete {
+                status: ScsiStatus::Good,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
 }

@@ -134,10 +134,11 @@ pub enum IoOp {
         descriptors: u32,
     },
     /// Write the single block of the Data-Out buffer (zeros when `ndob`) to every block of
-    /// the range. When `unmap` is set and the block is all zeros (`zero`), the runtime may
-    /// deallocate the range instead (thin LUs read deallocated blocks as zeros).
+    /// the range. When `unmap` is set (only on thin LUs) the runtime deallocates the range
+    /// instead, whatever the block holds (unmapped blocks read as zeros, LBPRZ), writing
+    /// zeros if the store cannot deallocate.
     WriteSame {
-        /// The UNMAP bit was set (and the LU is thin).
+        /// The UNMAP bit was set (the LU is thin): deallocate the range.
         unmap: bool,
         /// No Data-Out buffer: the block is all zeros.
         ndob: bool,
@@ -160,6 +161,19 @@ pub enum IoOp {
     OrWrite,
     /// Optionally read ahead the range (no data moves); `complete_io`.
     Prefetch,
+    /// EXTENDED COPY: copy `blocks` blocks of `block_size` bytes from LUN `src_lun` at
+    /// `src_lba` to LUN `dst_lun` at `lba` (LUs of the same target, possibly both the one
+    /// the command came to; ranges already checked). Copy through a bounded buffer; when
+    /// source and destination are the same LU and overlap, copy so the source is read
+    /// before it is overwritten. Answer with `complete_io`.
+    Copy {
+        /// Source LUN number.
+        src_lun: u16,
+        /// First source block.
+        src_lba: u64,
+        /// Destination LUN number (the destination range starts at the request's `lba`).
+        dst_lun: u16,
+    },
     /// Find the provisioning status of the extent starting at `lba` (at most `blocks`) and
     /// answer with `lba_status_result(task, mapped, length)` (or `complete_io` on error).
     LbaStatus,

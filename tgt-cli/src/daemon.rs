@@ -2,7 +2,7 @@
 //! stores, starts the runtime and serves until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +13,11 @@ use iscsi_target::driver::DriverConfig;
 use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth, TargetNode};
 use scsi_core::{BlockSize, LuConfig};
 
-use crate::config::{BsType, LunSpec, RuntimeKind, TargetSpec, Validated};
+use crate::config::{BsType, Config, LunSpec, RuntimeKind, TargetSpec, Validated};
+use crate::control::{self, Control, Portals};
+
+/// The largest data transfer of one command, in bytes (VPD Block Limits).
+pub const MAX_TRANSFER: u32 = 8 << 20;
 
 /// How long initiators get to log out at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -25,9 +29,14 @@ pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
         BsType::Memory => Arc::new(MemoryStore::new(spec.size.unwrap_or(0), bs)?),
         BsType::Null => Arc::new(NullStore::new(spec.size.unwrap_or(0), bs)?),
         BsType::Rdwr | BsType::Aio => {
-            let path = spec.path.as_deref().ok_or_else(|| anyhow!("no backing_store path"))?;
+            let path = spec
+                .path
+                .as_deref()
+                .ok_or_else(|| anyhow!("no backing_store path"))?;
             if spec.readonly && !Path::new(path).exists() {
-                return Err(anyhow!("backing_store {path:?} does not exist (a read-only LUN is never created)"));
+                return Err(anyhow!(
+                    "backing_store {path:?} does not exist (a read-only LUN is never created)"
+                ));
             }
             let opts = OpenOptions {
                 read_only: spec.readonly,
@@ -40,7 +49,13 @@ pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
                 Err(e) if opts.direct => {
                     // Some filesystems (tmpfs) refuse O_DIRECT: fall back to buffered I/O.
                     log::warn!("{path}: {e}; opening without O_DIRECT");
-                    FileStore::open(path, &OpenOptions { direct: false, ..opts })?
+                    FileStore::open(
+                        path,
+                        &OpenOptions {
+                            direct: false,
+                            ..opts
+                        },
+                    )?
                 }
                 r => r?,
             };
@@ -51,13 +66,22 @@ pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
 
 /// Builds one LU's scsi-core configuration.
 pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig {
-    let bs = if spec.block_size == 4096 { BlockSize::B4096 } else { BlockSize::B512 };
+    let bs = if spec.block_size == 4096 {
+        BlockSize::B4096
+    } else {
+        BlockSize::B512
+    };
     let blocks = store.size() / u64::from(spec.block_size);
     let serial = format!("tgtrs{tid:04}{:05}", spec.lun);
     // NAA 6 (registered extended) with an OUI-style prefix and the tid/lun in the low bits.
     let naa = 0x6001_4050_0000_0000u64 | (u64::from(tid) << 16) | spec.lun;
+    // One command moves at most MAX_TRANSFER bytes (this bounds a task's buffer); WRITE SAME
+    // is held to the same count so an initiator can write what it may then unmap.
+    let max_blocks = MAX_TRANSFER / spec.block_size;
     LuConfig::new(blocks)
         .block_size(bs)
+        .transfer_lengths((1 << 20) / spec.block_size, max_blocks)
+        .max_write_same(u64::from(max_blocks))
         .read_only(spec.readonly)
         .removable(spec.removable)
         .thin(spec.thin)
@@ -69,7 +93,10 @@ pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig
 pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
     let node = TargetNode::new(t.tid, &t.name);
     node.set_acl(t.initiators.clone());
-    node.set_auth(TargetAuth { incoming: t.incoming.clone(), outgoing: t.outgoing.clone() });
+    node.set_auth(TargetAuth {
+        incoming: t.incoming.clone(),
+        outgoing: t.outgoing.clone(),
+    });
     for l in &t.luns {
         let store = open_store(l).with_context(|| format!("target {} lun {}", t.tid, l.lun))?;
         let cfg = lu_config(t.tid, l, &*store);
@@ -83,8 +110,15 @@ pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
             removable: l.removable,
             thin: l.thin,
         };
-        node.add_lun(LunBackend { info, store, stats: LunStats::default() }, cfg)
-            .map_err(|e| anyhow!("target {} lun {}: {e}", t.tid, l.lun))?;
+        node.add_lun(
+            LunBackend {
+                info,
+                store,
+                stats: LunStats::default(),
+            },
+            cfg,
+        )
+        .map_err(|e| anyhow!("target {} lun {}: {e}", t.tid, l.lun))?;
     }
     registry.add_target(node).map_err(|e| anyhow!("{e}"))?;
     Ok(())
@@ -96,7 +130,11 @@ pub fn build_registry(v: &Validated) -> Result<Arc<Registry>> {
     for t in &v.targets {
         add_target(&registry, t)?;
         if t.initiators.is_empty() {
-            log::warn!("target {} ({}) has no initiators: nobody can log in", t.tid, t.name);
+            log::warn!(
+                "target {} ({}) has no initiators: nobody can log in",
+                t.tid,
+                t.name
+            );
         }
     }
     Ok(registry)
@@ -115,6 +153,20 @@ impl Running {
         }
     }
 
+    fn add_portal(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        match self {
+            Running::Threads(s) => s.add_portal(addr),
+            Running::Mio(s) => s.add_portal(addr),
+        }
+    }
+
+    fn remove_portal(&mut self, addr: SocketAddr) -> bool {
+        match self {
+            Running::Threads(s) => s.remove_portal(addr),
+            Running::Mio(s) => s.remove_portal(addr),
+        }
+    }
+
     fn shutdown(self) {
         match self {
             Running::Threads(s) => s.shutdown(SHUTDOWN_GRACE),
@@ -123,23 +175,64 @@ impl Running {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(v: Validated) -> Result<()> {
+impl Portals for Running {
+    fn add(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        self.add_portal(addr)
+    }
+
+    fn remove(&mut self, addr: SocketAddr) -> bool {
+        self.remove_portal(addr)
+    }
+
+    fn list(&self) -> Vec<SocketAddr> {
+        self.addrs()
+    }
+}
+
+/// Where the daemon's files are.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The config file it started with (`config save` without a path rewrites it).
+    pub config_path: PathBuf,
+    /// The control socket.
+    pub control: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: validates `config`, opens every LUN, binds
+/// the control socket, starts the runtime, then serves admin requests.
+pub fn run(config: Config, opts: &DaemonOptions) -> Result<()> {
+    let v = config.validate()?;
     let registry = build_registry(&v)?;
+    let control_socket = control::bind(&opts.control)?;
     let cfg = DriverConfig::default();
-    let running = match v.runtime {
+    let started = match v.runtime {
         RuntimeKind::Threads => {
-            Running::Threads(runtime_threads::Server::start(registry.clone(), cfg, &v.listen)?)
+            runtime_threads::Server::start(registry.clone(), cfg, &v.listen).map(Running::Threads)
         }
-        RuntimeKind::Mio => Running::Mio(runtime_mio::Server::start(
+        RuntimeKind::Mio => runtime_mio::Server::start(
             registry.clone(),
             cfg,
             &v.listen,
-            runtime_mio::MioConfig { reactors: v.reactors, ..runtime_mio::MioConfig::default() },
-        )?),
+            runtime_mio::MioConfig {
+                reactors: v.reactors,
+                ..runtime_mio::MioConfig::default()
+            },
+        )
+        .map(Running::Mio),
+    };
+    let running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&opts.control);
+            return Err(e.into());
+        }
     };
     let addrs: Vec<String> = running.addrs().iter().map(|a| a.to_string()).collect();
-    log::info!("listening on {} ({:?} runtime)", addrs.join(", "), v.runtime);
+    log::info!(
+        "listening on {} ({:?} runtime)",
+        addrs.join(", "),
+        v.runtime
+    );
     for t in registry.targets() {
         for l in t.backends() {
             let i = &l.info;
@@ -160,9 +253,24 @@ pub fn run(v: Validated) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
+    log::info!("control socket {}", opts.control.display());
+    let mut running = running;
+    {
+        let mut ctl = Control::new(
+            registry.clone(),
+            config,
+            opts.config_path.clone(),
+            &mut running,
+        );
+        if let Err(e) = ctl.serve(&control_socket, &stop) {
+            log::error!("control socket: {e}");
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
+    drop(control_socket);
+    let _ = std::fs::remove_file(&opts.control);
     log::info!("shutting down: asking initiators to log out");
     running.shutdown();
     for t in registry.targets() {

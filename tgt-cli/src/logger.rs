@@ -32,9 +32,9 @@ impl Log for Stderr {
 
 /// Installs the logger at `level` (error, warn, info, debug, trace, off).
 pub fn init(level: &str) -> anyhow::Result<()> {
-    let level: LevelFilter = level
-        .parse()
-        .map_err(|_| anyhow::anyhow!("log level {level:?}: must be error, warn, info, debug, trace or off"))?;
+    let level: LevelFilter = level.parse().map_err(|_| {
+        anyhow::anyhow!("log level {level:?}: must be error, warn, info, debug, trace or off")
+    })?;
     log::set_boxed_logger(Box::new(Stderr { level })).map_err(|e| anyhow::anyhow!("{e}"))?;
     log::set_max_level(level);
     Ok(())

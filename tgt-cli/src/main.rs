@@ -4,11 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tgt_cli::admin::{self, AdminCmd};
 use tgt_cli::config::{Config, RuntimeKind};
+use tgt_cli::control::DEFAULT_SOCKET;
 
 #[derive(Parser)]
-#[command(name = "tgt-cli", version, about = "A user-space iSCSI target and its admin commands")]
+#[command(
+    name = "tgt-cli",
+    version,
+    about = "A user-space iSCSI target and its admin commands"
+)]
 struct Cli {
+    /// The daemon's control socket (a unix socket, mode 0600).
+    #[arg(long, global = true, env = "TGT_CONTROL", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    control: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,6 +47,38 @@ enum Cmd {
         /// The TOML configuration file.
         config: PathBuf,
     },
+    /// Targets: new, delete, show, bind, unbind.
+    Target {
+        #[command(subcommand)]
+        cmd: admin::TargetCmd,
+    },
+    /// Logical units: new, delete.
+    Lun {
+        #[command(subcommand)]
+        cmd: admin::LunCmd,
+    },
+    /// CHAP accounts: new, delete, show, bind, unbind.
+    Account {
+        #[command(subcommand)]
+        cmd: admin::AccountCmd,
+    },
+    /// Portals: new, delete, show.
+    Portal {
+        #[command(subcommand)]
+        cmd: admin::PortalCmd,
+    },
+    /// Sessions: show.
+    Session {
+        #[command(subcommand)]
+        cmd: admin::SessionCmd,
+    },
+    /// I/O statistics per target and LUN.
+    Stats(admin::StatsArgs),
+    /// The running configuration: save, show.
+    Config {
+        #[command(subcommand)]
+        cmd: admin::ConfigCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,14 +93,39 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {
+    let control = cli.control;
+    let admin_cmd = match cli.cmd {
+        Cmd::Target { cmd } => AdminCmd::Target(cmd),
+        Cmd::Lun { cmd } => AdminCmd::Lun(cmd),
+        Cmd::Account { cmd } => AdminCmd::Account(cmd),
+        Cmd::Portal { cmd } => AdminCmd::Portal(cmd),
+        Cmd::Session { cmd } => AdminCmd::Session(cmd),
+        Cmd::Stats(a) => AdminCmd::Stats(a),
+        Cmd::Config { cmd } => AdminCmd::Config(cmd),
+        other => return run_local(other, control),
+    };
+    admin::run(&control, admin_cmd)
+}
+
+fn run_local(cmd: Cmd, control: PathBuf) -> anyhow::Result<()> {
+    match cmd {
         Cmd::CheckConfig { config } => {
             let v = Config::load(&config)?.validate()?;
             let luns: usize = v.targets.iter().map(|t| t.luns.len()).sum();
-            println!("ok: {} target(s), {luns} LUN(s), {} portal(s)", v.targets.len(), v.listen.len());
+            println!(
+                "ok: {} target(s), {luns} LUN(s), {} portal(s)",
+                v.targets.len(),
+                v.listen.len()
+            );
             Ok(())
         }
-        Cmd::Daemon { config, runtime, reactors, listen, log } => {
+        Cmd::Daemon {
+            config,
+            runtime,
+            reactors,
+            listen,
+            log,
+        } => {
             tgt_cli::logger::init(&log)?;
             let mut c = Config::load(&config)?;
             if let Some(r) = runtime {
@@ -74,8 +140,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !listen.is_empty() {
                 c.daemon.listen = listen;
             }
-            let v = c.validate()?;
-            tgt_cli::daemon::run(v)
+            let opts = tgt_cli::daemon::DaemonOptions {
+                config_path: config,
+                control,
+            };
+            tgt_cli::daemon::run(c, &opts)
         }
+        _ => unreachable!("admin commands are handled by admin::run"),
     }
 }

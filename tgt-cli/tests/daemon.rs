@@ -10,11 +10,19 @@ use std::time::{Duration, Instant};
 const IQN: &str = "iqn.2026-11.org.tgt-rs:test";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 struct Daemon {
@@ -39,6 +47,8 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_tgt-cli"))
             .args(["daemon", "--config"])
             .arg(&cfg)
+            .arg("--control")
+            .arg(dir.path().join("control.sock"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -88,30 +98,53 @@ impl Drop for Daemon {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
-const THIN: &str = "[[target.lun]]\nlun = 1\nbacking_store = \"DIR/lun1.img\"\nsize = \"64M\"\nthin = true\n";
+const THIN: &str =
+    "[[target.lun]]\nlun = 1\nbacking_store = \"DIR/lun1.img\"\nsize = \"64M\"\nthin = true\n";
 
 fn basic(runtime: &str) {
     if !have("iscsi-ls") {
         panic!("libiscsi-bin is required: apt-get install -y libiscsi-bin");
     }
     let d = Daemon::start(runtime, THIN);
-    assert!(d.path("lun1.img").exists(), "the backing file is created sparse");
-    assert_eq!(std::fs::metadata(d.path("lun1.img")).unwrap().len(), 64 << 20);
+    assert!(
+        d.path("lun1.img").exists(),
+        "the backing file is created sparse"
+    );
+    assert_eq!(
+        std::fs::metadata(d.path("lun1.img")).unwrap().len(),
+        64 << 20
+    );
 
     // Discovery lists only the targets this initiator may see, with the LUN.
-    let o = run("iscsi-ls", &["-s", &format!("iscsi://127.0.0.1:{}", d.port)]);
+    let o = run(
+        "iscsi-ls",
+        &["-s", &format!("iscsi://127.0.0.1:{}", d.port)],
+    );
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains(&format!("Target:{IQN} Portal:127.0.0.1:{}", d.port)), "{out}");
+    assert!(
+        out.contains(&format!("Target:{IQN} Portal:127.0.0.1:{}", d.port)),
+        "{out}"
+    );
     assert!(out.contains("Lun:1"), "{out}");
-    assert!(!out.contains("hidden"), "ACL-filtered target must not be listed: {out}");
+    assert!(
+        !out.contains("hidden"),
+        "ACL-filtered target must not be listed: {out}"
+    );
 
     // INQUIRY.
     let o = run("iscsi-inq", &[&d.url(1)]);
@@ -125,10 +158,16 @@ fn basic(runtime: &str) {
     assert!(o.status.success(), "{out}");
     assert!(out.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{out}");
     assert!(out.contains("LBPME:1"), "thin LUN: {out}");
-    assert!(out.contains(&format!("Total size:{}", 64u64 << 20)), "{out}");
+    assert!(
+        out.contains(&format!("Total size:{}", 64u64 << 20)),
+        "{out}"
+    );
 
     // A login to a target this initiator may not use fails.
-    let o = run("iscsi-inq", &[&format!("iscsi://127.0.0.1:{}/{IQN}-hidden/0", d.port)]);
+    let o = run(
+        "iscsi-inq",
+        &[&format!("iscsi://127.0.0.1:{}/{IQN}-hidden/0", d.port)],
+    );
     assert!(!o.status.success(), "{}", text(&o));
 
     // Write then read back through libiscsi's own write/read tests.
@@ -171,11 +210,21 @@ fn bad_config_is_one_line_and_starts_nothing() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_tgt-cli")).args(["daemon", "--config"]).arg(&cfg).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tgt-cli"))
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("target[0].lun[0].size = \"10Q\""), "{err}");
-    assert!(!Path::new(&dir.path().join("x.img")).exists(), "nothing was created");
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing listens");
+    assert!(
+        !Path::new(&dir.path().join("x.img")).exists(),
+        "nothing was created"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens"
+    );
 }

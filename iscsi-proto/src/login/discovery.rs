@@ -41,7 +41,7 @@ pub struct TargetInfo<'a> {
 fn write_target(w: &mut TextWriter<'_>, t: &TargetInfo<'_>) -> Result<(), TextError> {
     w.push("TargetName", t.name)?;
     for p in t.portals {
-        // "address,tpgt" built without allocation.
+        // "address,tpgt" built on the stack.
         let mut v: heapless::String<{ text::MAX_VALUE_LEN }> = heapless::String::new();
         fmt::write(&mut v, format_args!("{},{}", p.address, p.tpgt))
             .map_err(|_| TextError::ValueTooLong)?;
@@ -113,6 +113,46 @@ pub struct TextReply {
     pub ttt: u32,
     /// Bytes of text written into the caller's buffer.
     pub data_len: usize,
+}
+
+impl From<&crate::wire::TextRequest<'_>> for TextHeader {
+    fn from(r: &crate::wire::TextRequest<'_>) -> Self {
+        use crate::wire::TextFlags;
+        TextHeader {
+            final_: r.flags.contains(TextFlags::FINAL),
+            cont: r.flags.contains(TextFlags::CONTINUE),
+            itt: r.itt,
+            ttt: r.ttt,
+        }
+    }
+}
+
+impl TextReply {
+    /// Build the wire Text Response; the connection machine supplies the LUN echoed from the
+    /// request, StatSN, ExpCmdSN, MaxCmdSN and the text (`out[..self.data_len]`).
+    pub fn to_response<'a>(
+        &self,
+        lun: u64,
+        stat_sn: u32,
+        exp_cmd_sn: u32,
+        max_cmd_sn: u32,
+        data: &'a [u8],
+    ) -> crate::wire::TextResponse<'a> {
+        use crate::wire::TextFlags;
+        let mut flags = TextFlags::empty();
+        flags.set(TextFlags::FINAL, self.final_);
+        flags.set(TextFlags::CONTINUE, self.cont);
+        crate::wire::TextResponse {
+            flags,
+            lun,
+            itt: self.itt,
+            ttt: self.ttt,
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
+            data,
+        }
+    }
 }
 
 /// Protocol errors in a Text Request; the connection machine answers with a Reject PDU
@@ -187,7 +227,7 @@ impl<const BUF: usize> TextExchange<BUF> {
         self.cont.is_some()
     }
 
-    fn alloc_ttt(&mut self) -> u32 {
+    fn fresh_ttt(&mut self) -> u32 {
         let t = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1);
         if self.next_ttt == NO_TTT {
@@ -246,7 +286,7 @@ impl<const BUF: usize> TextExchange<BUF> {
         if chunk.more {
             let ttt = match self.cont {
                 Some(c) => c.ttt,
-                None => self.alloc_ttt(),
+                None => self.fresh_ttt(),
             };
             self.cont = Some(Continuation {
                 itt: hdr.itt,
@@ -549,5 +589,36 @@ TargetAddress=10.0.0.1:3260,1\0MaxBurstLength=Reject\0"[..]
             ),
             Err(TextExchangeError::Malformed(TextError::MissingNul))
         );
+    }
+
+    #[test]
+    fn wire_adapters() {
+        use crate::wire::{TextFlags, TextRequest};
+        let wire_req = TextRequest {
+            immediate: true,
+            flags: TextFlags::FINAL,
+            lun: 0,
+            itt: 4,
+            ttt: NO_TTT,
+            cmd_sn: 1,
+            exp_stat_sn: 2,
+            data: b"SendTargets=All\0",
+        };
+        assert_eq!(TextHeader::from(&wire_req), req(true, false, 4, NO_TTT));
+        let reply = TextReply {
+            final_: false,
+            cont: true,
+            itt: 4,
+            ttt: 9,
+            data_len: 3,
+        };
+        let resp = reply.to_response(0, 10, 2, 33, b"A=B");
+        assert_eq!(resp.flags, TextFlags::CONTINUE);
+        assert_eq!(
+            (resp.itt, resp.ttt, resp.stat_sn, resp.max_cmd_sn),
+            (4, 9, 10, 33)
+        );
+        let mut out = [0u8; 48];
+        assert_eq!(resp.emit(&mut out), Ok(48));
     }
 }

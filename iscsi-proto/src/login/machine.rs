@@ -41,7 +41,7 @@ pub struct LoginOutcome {
     pub target_name: heapless::String<MAX_NAME_LEN>,
     /// ISID.
     pub isid: [u8; 6],
-    /// TSIH of the session (newly allocated when `new_session`).
+    /// TSIH of the session (newly assigned when `new_session`).
     pub tsih: u16,
     /// Whether the login created a new session (TSIH was 0). The caller handles session
     /// reinstatement: a new session with the ISID and InitiatorName of an existing one

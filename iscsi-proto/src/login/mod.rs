@@ -3,7 +3,7 @@
 //! This module turns the Login Requests of one connection into Login Responses, and at the
 //! end into a [`LoginOutcome`] the connection machine uses to enter full feature phase. It is
 //! sans-IO: it reads no socket and no clock, and everything it needs from the outside world
-//! (target lookup, access control, CHAP accounts, TSIH allocation, session lookup) comes
+//! (target lookup, access control, CHAP accounts, TSIH assignment, session lookup) comes
 //! through the [`LoginHooks`] trait the runtime implements. Randomness (the CHAP identifier and
 //! challenge) is an argument of [`LoginMachine::new`].
 //!
@@ -342,7 +342,7 @@ pub trait LoginHooks {
         cid: u16,
     ) -> JoinDecision;
 
-    /// For TSIH == 0, at the end of a successful login: allocate a non-zero TSIH for the new
+    /// For TSIH == 0, at the end of a successful login: assign a non-zero TSIH for the new
     /// session (None: out of resources, 0x0302).
     fn allocate_tsih(&mut self, initiator_name: &str, isid: [u8; 6]) -> Option<u16>;
 }

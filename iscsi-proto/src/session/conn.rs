@@ -44,7 +44,7 @@ const STATUS_TASK_SET_FULL: u8 = 0x28;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
 /// What the runtime provides to a connection while it handles input: the login hooks
-/// (target lookup, access control, CHAP accounts, TSIH allocation) and the target list for
+/// (target lookup, access control, CHAP accounts, new TSIHs) and the target list for
 /// SendTargets.
 pub trait Hooks: LoginHooks {
     /// Call `f` with the targets `initiator_name` may discover (already filtered by access
@@ -156,11 +156,14 @@ enum Ctrl {
 }
 
 impl Ctrl {
+    /// Whether this PDU's data lives in the connection's inline buffer (which is then busy
+    /// until the PDU is written).
     fn uses_inline(&self) -> bool {
-        matches!(
-            self,
-            Ctrl::Login { .. } | Ctrl::Text { .. } | Ctrl::NopEcho { .. }
-        )
+        match self {
+            Ctrl::Login { .. } | Ctrl::Text { .. } => true,
+            Ctrl::NopEcho { len, .. } => *len > 0,
+            _ => false,
+        }
     }
 }
 
@@ -389,7 +392,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                     data: false,
                 };
                 return match Pdu::parse(buf, relaxed) {
-                    Ok((pdu, _)) => Ok(self.data_digest_error(pdu, header, total)),
+                    Ok((pdu, _)) => self.data_digest_error(pdu, header, total),
                     Err(e) => self.bad_pdu(e, header, total),
                 };
             }
@@ -791,30 +794,29 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         pdu: Pdu<'a>,
         header: [u8; BHS_LEN],
         consumed: usize,
-    ) -> Ingress<'a> {
+    ) -> Result<Ingress<'a>, ConnError> {
         let done = Ingress::Done { consumed };
+        let normal = self
+            .session
+            .is_some_and(|s| s.session_type == SessionType::Normal);
         match pdu {
             Pdu::DataOut(d) if self.phase == Phase::FullFeature => {
-                match self.data_out(d, header, consumed, true) {
-                    Ok(_) => done,
-                    Err(_) => done,
-                }
+                // Rejects the PDU and fails its task; a sequence error still closes.
+                self.data_out(d, header, consumed, true).map(|_| done)
             }
-            Pdu::ScsiCommand(cmd) if self.phase == Phase::FullFeature => {
+            Pdu::ScsiCommand(cmd) if self.phase == Phase::FullFeature && normal => {
                 // The non-data part of the command is good (RFC 7143 section 7.8): the
                 // command is received, its immediate data is lost, and at ErrorRecoveryLevel
                 // 0 the task ends with CHECK CONDITION.
                 self.reject(RejectReason::DataDigestError, header);
                 let _ = self.scsi_command(cmd, header, consumed, true);
-                done
-            }
-            _ if self.phase == Phase::Login => {
-                // Digests are not in use during login; unreachable in practice.
-                done
+                Ok(done)
             }
             _ => {
+                // Digests are off during login, so this is full feature phase: the PDU is
+                // discarded and rejected.
                 self.reject(RejectReason::DataDigestError, header);
-                done
+                Ok(done)
             }
         }
     }
@@ -1117,8 +1119,10 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
 
     /// Send `len` bytes at `offset` of the task's read buffer as Data-In (segmented at the
     /// initiator's MaxRecvDataSegmentLength and MaxBurstLength). With `status`, this is the
-    /// last data: the status rides in the final Data-In (S bit), or in a SCSI Response when
-    /// `len` is 0. Successive calls must be contiguous.
+    /// last data: a GOOD / CONDITION MET status rides in the final Data-In (S bit); other
+    /// statuses, or `len` 0, go in a SCSI Response after the data. For sense data, send the
+    /// data without status and finish with [`Connection::respond`]. Successive calls must
+    /// be contiguous.
     pub fn send_data_in(
         &mut self,
         task: TaskHandle,
@@ -1134,11 +1138,14 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         if t.response.is_some() {
             return Err(TaskError::Closing);
         }
-        t.queue_data_in(offset, len, status)?;
+        // Only a status without an exception may ride in a Data-In (RFC 7143 11.7.4): GOOD,
+        // CONDITION MET, INTERMEDIATE, INTERMEDIATE-CONDITION MET.
+        let carried = status.filter(|s| matches!(s.status, 0x00 | 0x04 | 0x10 | 0x14));
+        t.queue_data_in(offset, len, carried)?;
         if let Some(st) = status {
             t.begin_closing();
-            if !t.has_data_in() {
-                // Nothing left to carry the status: a SCSI Response does.
+            if carried.is_none() || !t.has_data_in() {
+                // A SCSI Response carries the status after the data.
                 t.din_status = None;
                 t.response = Some(PendingResponse {
                     status: st,
@@ -1380,7 +1387,11 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                 let len = self.emit_ctrl(c, buf)?;
                 let _ = self.ctrl.pop_front();
                 self.after_ctrl(c);
-                return Ok(Some(Transmit { len, data: None }));
+                return Ok(Some(Transmit {
+                    len,
+                    data: None,
+                    finished: None,
+                }));
             }
             let Some(&index) = self.ready.front() else {
                 return Ok(None);
@@ -1618,7 +1629,11 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                 desired_len: slot.len,
             });
             let len = emit(&pdu, digests, buf)?;
-            return Ok(Some(Transmit { len, data: None }));
+            return Ok(Some(Transmit {
+                len,
+                data: None,
+                finished: None,
+            }));
         }
         if t.has_data_in() {
             if buf.len() < header_required {
@@ -1679,6 +1694,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                     len: seg.len,
                     digest: digests.data && seg.len > 0,
                 }),
+                finished: seg.status.map(|_| h),
             }));
         }
         if !(t.closing && t.open_sequences() == 0) {
@@ -1724,7 +1740,11 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         });
         let len = emit(&pdu, digests, buf)?;
         self.stat_sn = self.stat_sn.wrapping_add(1);
-        Ok(Some(Transmit { len, data: None }))
+        Ok(Some(Transmit {
+            len,
+            data: None,
+            finished: Some(h),
+        }))
     }
 }
 

@@ -229,4 +229,9 @@ pub struct Transmit {
     /// Data to send from the runtime's task buffer right after those bytes, followed by
     /// [`TaskData::trailer`] (Data-In only).
     pub data: Option<TaskData>,
+    /// The task this PDU completed (final Data-In with status, or SCSI Response): its
+    /// handle is dead from now on and its slot may be reused by the next command, so the
+    /// runtime must keep (or detach) the task's buffer until this PDU is written, and can
+    /// then release it.
+    pub finished: Option<TaskHandle>,
 }

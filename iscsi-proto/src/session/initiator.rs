@@ -5,7 +5,7 @@
 //! (keeping ITT, CmdSN and ExpStatSN straight) and reads target PDUs back, tracking
 //! ExpStatSN, ExpCmdSN and MaxCmdSN. It does not decide anything: the caller drives the
 //! login text, answers R2Ts with Data-Out, and checks responses. Everything is written into
-//! caller buffers; nothing allocates.
+//! caller buffers; no heap is used.
 //!
 //! ```
 //! use iscsi_proto::session::initiator::{Initiator, CommandSpec, write_text};

@@ -6,7 +6,7 @@
 //! the separable [`SessionState`]), StatSN, the fixed-capacity task table, R2T and Data-Out
 //! accounting, Data-In segmentation, NOP-In pings, task management, logout, asynchronous
 //! messages and Reject PDUs. It is sans-IO in the quinn-proto style: it never touches a
-//! socket or a clock and never allocates; the runtime feeds it bytes and time and drains
+//! socket or a clock and uses no heap; the runtime feeds it bytes and time and drains
 //! PDUs, events and deadlines.
 //!
 //! # Call order
@@ -36,6 +36,8 @@
 //!    optionally [`TaskData`]: `len` bytes at `offset` of that task's buffer, followed by
 //!    [`TaskData::trailer`]. Send them in that order (e.g. one `writev`). A buffer of
 //!    `BUF + 64` bytes always suffices; a smaller one may get [`BufferTooSmall`].
+//!    [`Transmit::finished`] names the task a PDU completed: its slot may be reused by the
+//!    next command, so keep (or detach) that task's buffer until the PDU is written.
 //!    After output, poll events once more: [`Event::Closed`] for a graceful close (logout,
 //!    failed login) is reported once the last PDU has been handed out.
 //! 4. **Timers**: arm a timer for [`Connection::poll_timeout`] and call

@@ -90,6 +90,8 @@ struct Pair {
     wire: Vec<u8>,
     /// The last error from handle_input.
     error: Option<ConnError>,
+    /// Tasks reported finished by `Transmit::finished`.
+    finished: Vec<TaskHandle>,
 }
 
 fn config() -> ConnConfig {
@@ -119,6 +121,7 @@ impl Pair {
             events: Vec::new(),
             wire: Vec::new(),
             error: None,
+            finished: Vec::new(),
         }
     }
 
@@ -179,6 +182,7 @@ impl Pair {
             .expect("buffer big enough")
         {
             self.wire.extend_from_slice(&hdr[..t.len]);
+            self.finished.extend(t.finished);
             if let Some(d) = t.data {
                 let data = &self.bufs[d.task.index()][d.offset as usize..][..d.len as usize];
                 self.wire.extend_from_slice(data);
@@ -375,6 +379,7 @@ fn read_is_segmented_at_mrdsl_with_status_in_last_data_in() {
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     assert_eq!(p.t.stat_sn(), stat_sn.wrapping_add(1));
     assert_eq!(p.t.task_count(), 0);
+    assert_eq!(p.finished, vec![cmd.task]);
     // The handle is stale now.
     assert_eq!(
         p.t.respond(cmd.task, ScsiStatus::GOOD, &[]),
@@ -529,6 +534,7 @@ fn write_with_immediate_data_and_r2ts() {
         panic!()
     };
     assert_eq!((r.itt, r.status, r.exp_data_sn), (itt, 0, 4));
+    assert_eq!(p.finished, vec![cmd.task]);
 }
 
 #[test]
@@ -1287,4 +1293,176 @@ fn mutator_errors() {
         p.t.respond_logout(LogoutResponseCode::Closed),
         Err(StateError::NotPending)
     );
+}
+
+#[test]
+fn full_queues_block_input_instead_of_growing() {
+    let mut c = config();
+    c.queue_depth = 32;
+    let mut p = Pair::new(c);
+    p.login_normal(&default_keys());
+    // A NOP-Out echo holds the inline buffer until it is transmitted.
+    let mut a = [0u8; 256];
+    let mut b = [0u8; 256];
+    let itt = p.ini.next_itt();
+    let la = p.ini.nop_out(&mut a, itt, RESERVED_TAG, b"one!").unwrap();
+    let itt = p.ini.next_itt();
+    let lb = p.ini.nop_out(&mut b, itt, RESERVED_TAG, b"two!").unwrap();
+    let now = p.now;
+    assert_eq!(
+        p.t.handle_input(now, &a[..la], &mut p.hooks),
+        Ok(Ingress::Done { consumed: la })
+    );
+    assert_eq!(
+        p.t.handle_input(now, &b[..lb], &mut p.hooks),
+        Ok(Ingress::Blocked)
+    );
+    let rx = p.recv();
+    assert_eq!(rx.len(), 1);
+    assert_eq!(
+        p.t.handle_input(now, &b[..lb], &mut p.hooks),
+        Ok(Ingress::Done { consumed: lb })
+    );
+    let rx = p.recv();
+    let Pdu::NopIn(n) = rx[0].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert_eq!(n.data, b"two!");
+    // Events nobody polls: input blocks before the queue overflows.
+    let mut pdu = [0u8; 128];
+    let mut accepted = 0;
+    for _ in 0..TASKS {
+        let (_, len) = p
+            .ini
+            .command(&mut pdu, &CommandSpec::write(0, &WRITE10, 16, &[1u8; 16]))
+            .unwrap();
+        match p.t.handle_input(now, &pdu[..len], &mut p.hooks) {
+            Ok(Ingress::Data { .. }) => accepted += 1,
+            Ok(Ingress::Blocked) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Two events per command (Command, DataOutComplete), 16 slots, 3 kept free.
+    assert_eq!(accepted, 7);
+    let mut n = 0;
+    while let Some(e) = p.t.poll_event() {
+        assert!(matches!(
+            e,
+            Event::Command(_) | Event::DataOutComplete { .. }
+        ));
+        n += 1;
+    }
+    assert_eq!(n, 14);
+}
+
+#[test]
+fn bidirectional_command_shares_data_sn_and_r2t_sn() {
+    let mut p = Pair::new(config());
+    p.login_normal(&default_keys());
+    let mut spec = CommandSpec::write(0, &WRITE10, 1024, &[]);
+    spec.read = true;
+    let mut pdu = [0u8; 256];
+    // EDTL is the write length; the bidirectional read length comes in an AHS.
+    let (itt, len) = p.ini.command(&mut pdu, &spec).unwrap();
+    let mut cmd = match Pdu::parse(&pdu[..len], Digests::NONE).unwrap().0 {
+        Pdu::ScsiCommand(c) => c,
+        other => panic!("{other:?}"),
+    };
+    cmd.bidi_read_len = Some(512);
+    let mut out = [0u8; 256];
+    let n = wire::emit_pdu(&Pdu::ScsiCommand(cmd), Digests::NONE, &mut out).unwrap();
+    p.send(&out[..n]);
+    let c = p.command_event();
+    assert_eq!(
+        (c.dir, c.write_len, c.read_len),
+        (Direction::Bidirectional, 1024, 512)
+    );
+    p.t.request_remaining_data(c.task).unwrap();
+    let rx = p.recv();
+    let Pdu::R2t(r) = rx[0].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert_eq!(r.r2t_sn, 0);
+    p.data_out(itt, r.ttt, 0, 0, &[2u8; 1024], true);
+    p.t.send_data_in(c.task, 0, 512, Some(ScsiStatus::GOOD))
+        .unwrap();
+    let rx = p.recv();
+    let Pdu::DataIn(d) = rx[0].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert_eq!(d.data_sn, 1);
+    assert!(d.flags.contains(DataInFlags::STATUS));
+}
+
+#[test]
+fn empty_nop_echo_does_not_release_a_busy_inline_buffer() {
+    let mut p = Pair::new(config());
+    p.login_normal(&default_keys());
+    let now = p.now;
+    let mut a = [0u8; 256];
+    let mut b = [0u8; 256];
+    let mut c = [0u8; 256];
+    let i1 = p.ini.next_itt();
+    let la = p.ini.nop_out(&mut a, i1, RESERVED_TAG, &[]).unwrap();
+    let i2 = p.ini.next_itt();
+    let lb = p.ini.nop_out(&mut b, i2, RESERVED_TAG, b"data").unwrap();
+    let i3 = p.ini.next_itt();
+    let lc = p.ini.nop_out(&mut c, i3, RESERVED_TAG, b"more").unwrap();
+    assert!(matches!(
+        p.t.handle_input(now, &a[..la], &mut p.hooks),
+        Ok(Ingress::Done { .. })
+    ));
+    assert!(matches!(
+        p.t.handle_input(now, &b[..lb], &mut p.hooks),
+        Ok(Ingress::Done { .. })
+    ));
+    // Writing the empty echo must not free the buffer that still holds "data".
+    let mut hdr = [0u8; 8192 + 64];
+    let t = p.t.poll_transmit(now, &mut hdr).unwrap().unwrap();
+    assert_eq!(t.len, 48);
+    assert_eq!(
+        p.t.handle_input(now, &c[..lc], &mut p.hooks),
+        Ok(Ingress::Blocked)
+    );
+    let rx = p.recv();
+    let Pdu::NopIn(n) = rx[0].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert_eq!((n.itt, n.data), (i2, &b"data"[..]));
+}
+
+#[test]
+fn exception_status_never_rides_in_data_in() {
+    let mut p = Pair::new(config());
+    p.login_normal(&default_keys());
+    let (itt, _) = p.command(&CommandSpec::read(0, &READ10, 1024));
+    let cmd = p.command_event();
+    // RESERVATION CONFLICT (0x18) with some data.
+    let st = ScsiStatus {
+        status: 0x18,
+        residual: Residual::Underflow(512),
+    };
+    p.t.send_data_in(cmd.task, 0, 512, Some(st)).unwrap();
+    let rx = p.recv();
+    assert_eq!(rx.len(), 2);
+    let Pdu::DataIn(d) = rx[0].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert!(d.flags.contains(DataInFlags::FINAL));
+    assert!(!d.flags.contains(DataInFlags::STATUS));
+    let Pdu::ScsiResponse(r) = rx[1].pdu(Digests::NONE) else {
+        panic!()
+    };
+    assert_eq!((r.itt, r.status, r.residual), (itt, 0x18, 512));
+    assert_eq!(p.finished, vec![cmd.task]);
+}
+
+#[test]
+fn connection_footprint_is_fixed() {
+    // Everything lives inline: the size depends only on the const generics.
+    let small = core::mem::size_of::<Connection<8, 8192>>();
+    let big = core::mem::size_of::<Connection<64, 8192>>();
+    let per_task = (big - small) / 56;
+    assert!(per_task > MAX_SENSE_LEN && per_task < 1024, "{per_task}");
+    std::println!("Connection<8, 8192>: {small} bytes, Connection<64, 8192>: {big} bytes");
 }

@@ -216,4 +216,45 @@ mod tests {
         assert_eq!(CmdWindow::new(0, 0).depth(), 1);
         assert_eq!(CmdWindow::new(0, 100_000).depth(), MAX_QUEUE_DEPTH);
     }
+
+    proptest::proptest! {
+        /// Against any sequence of arrivals and completions: MaxCmdSN never moves back,
+        /// outstanding commands never exceed the depth, and every accepted CmdSN was inside
+        /// the advertised window.
+        #[test]
+        fn window_invariants(
+            start in proptest::prelude::any::<u32>(),
+            depth in 1u32..16,
+            ops in proptest::collection::vec((0u8..3, 0u32..24), 0..200),
+        ) {
+            let mut w = CmdWindow::new(start, depth);
+            let mut live: [Option<u32>; 64] = [None; 64];
+            for (kind, arg) in ops {
+                let before_max = w.max_cmd_sn();
+                match kind {
+                    0 | 1 => {
+                        let sn = w.exp_cmd_sn().wrapping_add(arg);
+                        let inside = Serial(sn).in_window(
+                            Serial(w.exp_cmd_sn()), Serial(w.max_cmd_sn()));
+                        if w.receive(sn, false) == CmdSnCheck::Accept {
+                            proptest::prop_assert!(inside);
+                            if let Some(slot) = live.iter_mut().find(|s| s.is_none()) {
+                                *slot = Some(sn);
+                            }
+                        }
+                    }
+                    _ => {
+                        let i = arg as usize % live.len();
+                        if let Some(sn) = live[i].take() {
+                            w.retire(sn);
+                        }
+                    }
+                }
+                proptest::prop_assert!(!Serial(w.max_cmd_sn()).lt(Serial(before_max)));
+                proptest::prop_assert!(w.outstanding() <= w.depth());
+                let live_count = live.iter().filter(|s| s.is_some()).count() as u32;
+                proptest::prop_assert_eq!(w.outstanding(), live_count);
+            }
+        }
+    }
 }

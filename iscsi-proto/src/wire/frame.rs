@@ -88,9 +88,14 @@ pub const fn pad_len(n: usize) -> usize {
     n.wrapping_neg() & 3
 }
 
-/// Total wire length of a PDU with this header length and data segment length.
+/// Total wire length of a PDU with this header length and data segment length
+/// (saturating: on targets whose `usize` cannot hold it, the PDU can never be complete).
 const fn wire_len(header_len: usize, data_len: usize, digests: Digests) -> usize {
-    header_len + digests.header_len() + data_len + pad_len(data_len) + digests.data_len(data_len)
+    header_len
+        .saturating_add(digests.header_len())
+        .saturating_add(data_len)
+        .saturating_add(pad_len(data_len))
+        .saturating_add(digests.data_len(data_len))
 }
 
 fn to_usize(v: u32) -> usize {

@@ -62,3 +62,5 @@ pub const RESERVED_TAG: u32 = 0xffff_ffff;
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod tests;

@@ -216,8 +216,15 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             // SPC-4 5.13.3 (CRH = 1): a persistent reservation holder's RESERVE succeeds
             // without effect; anyone else conflicts.
             let (port, rtp) = self.nexus_port(id);
-            let holder = self.pr.find(&port, rtp).is_some_and(|k| self.pr.is_holder(k));
-            return Ok(if holder { self.good(i) } else { self.conflict(i) });
+            let holder = self
+                .pr
+                .find(&port, rtp)
+                .is_some_and(|k| self.pr.is_holder(k));
+            return Ok(if holder {
+                self.good(i)
+            } else {
+                self.conflict(i)
+            });
         }
         match self.legacy {
             Some(h) if h != id => Ok(self.conflict(i)),
@@ -237,8 +244,15 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let id = self.task_nexus(i);
         if self.pr.res.is_some() {
             let (port, rtp) = self.nexus_port(id);
-            let holder = self.pr.find(&port, rtp).is_some_and(|k| self.pr.is_holder(k));
-            return Ok(if holder { self.good(i) } else { self.conflict(i) });
+            let holder = self
+                .pr
+                .find(&port, rtp)
+                .is_some_and(|k| self.pr.is_holder(k));
+            return Ok(if holder {
+                self.good(i)
+            } else {
+                self.conflict(i)
+            });
         }
         if self.legacy == Some(id) {
             self.legacy = None;

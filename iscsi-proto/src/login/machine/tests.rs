@@ -595,7 +595,7 @@ fn missing_parameters_and_lookup_failures() {
         );
         assert_eq!(status_of(&r), status);
     }
-    // TSIH allocation failure: out of resources.
+    // TSIH assignment failure: out of resources.
     let mut h = Hooks {
         tsih: None,
         ..Hooks::default()
