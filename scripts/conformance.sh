@@ -16,8 +16,12 @@ conf="$shared/conformance"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-cargo build --release -p tgt-cli >/dev/null
-bin=${CARGO_TARGET_DIR:-target}/release/tgt-cli
+# TGT_CLI_BIN: a daemon binary already built (CI reuses the test build); default: build release.
+bin=${TGT_CLI_BIN:-}
+if [ -z "$bin" ]; then
+    cargo build --release -p tgt-cli >/dev/null
+    bin=${CARGO_TARGET_DIR:-target}/release/tgt-cli
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 iqn=iqn.2026-11.org.tgt-rs:conformance
@@ -54,7 +58,7 @@ TOML
 # The read-only LUN's file must exist before start (a read-only LUN is never created).
 truncate -s 64M "$out/lun2.img"
 
-"$bin" daemon --config "$out/target.toml" >"$out/daemon.log" 2>&1 &
+"$bin" daemon --config "$out/target.toml" --control "$out/control.sock" >"$out/daemon.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -71,4 +75,15 @@ kill -TERM $pid
 wait $pid && echo "daemon exited 0 on SIGTERM" || echo "daemon exit status $?"
 trap - EXIT
 echo "merged ($runtime):"
-python3 "$conf/summarize.py" "$out/thin/suite.log" "$out/readonly/suite.log" "$out/removable/suite.log"
+python3 "$conf/summarize.py" "$out/thin/suite.log" "$out/readonly/suite.log" "$out/removable/suite.log" \
+    | tee "$out/summary.txt"
+# With KNOWN_FAILURES=FILE: fail when a test fails that the file does not list.
+if [ -n "${KNOWN_FAILURES:-}" ]; then
+    new=$(grep '^fail ' "$out/summary.txt" | awk '{print $2}' | sed 's/:$//' \
+        | grep -vxF -f <(grep -v '^#' "$KNOWN_FAILURES" | awk '{print $1}') || true)
+    if [ -n "$new" ]; then
+        echo "conformance ($runtime): unexpected failures:" >&2
+        echo "$new" >&2
+        exit 1
+    fi
+fi

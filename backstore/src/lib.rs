@@ -8,6 +8,8 @@
 //!   (regular file or block device; `O_DIRECT`, `O_SYNC`, read-only, created sparse),
 //!   [`MemoryStore`] (thin RAM disk), [`NullStore`]. A thread-per-connection runtime calls
 //!   these methods directly.
+//! - [`BlockDevice`]: a simpler synchronous trait in block units for storage of one's own;
+//!   [`DeviceStore`] adapts it to a full [`BackingStore`].
 //! - [`Engine`]: asynchronous execution for an event-loop runtime. [`RdwrEngine`] (worker
 //!   pool, any store), [`AioEngine`] (Linux native AIO on a [`FileStore`]),
 //!   [`InlineEngine`] (runs in the caller's thread: memory/null stores). Requests carry an
@@ -49,6 +51,7 @@
 
 pub mod aio;
 mod buf;
+pub mod device;
 pub mod engine;
 mod error;
 mod file;
@@ -61,6 +64,7 @@ pub mod testing;
 
 pub use aio::{AioConfig, AioEngine};
 pub use buf::{ALIGN, BufPool, CapacityError, IoBuf};
+pub use device::{BlockDevice, DeviceStore};
 pub use engine::{Completion, CompletionQueue, Engine, InlineEngine, Notify, Op, Request, execute};
 pub use error::{ErrorKind, OpenError, OpenErrorKind, StoreError};
 pub use file::{FileStore, OpenOptions};

@@ -11,7 +11,7 @@
 //! - with the `std` feature, the `crc32c` crate, which uses SSE4.2 / ARMv8 CRC instructions
 //!   when the CPU has them.
 //!
-//! [`crc32c`] and [`Crc32c::new`] pick the fastest engine compiled in. [`Crc32c`] is
+//! [`crc32c()`] and [`Crc32c::new`] pick the fastest engine compiled in. [`Crc32c`] is
 //! incremental, so a digest can cover data that lives in several buffers; [`DataDigest`]
 //! adds the zero padding of a data segment for you.
 

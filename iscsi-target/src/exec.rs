@@ -7,7 +7,9 @@
 //! LBA STATUS) and sends plain reads, writes and flushes to its asynchronous engine.
 
 use backstore::{BackingStore, ErrorKind, StoreError};
-use scsi_core::{IoOp, IoRequest, IoResult, TaskId, UnmapRanges, VerifyMode, or_into};
+use scsi_core::{
+    IoOp, IoRequest, IoResult, SanitizeKind, TaskId, UnmapRanges, VerifyMode, or_into,
+};
 
 /// The largest chunk WRITE SAME writes at once (the block repeated).
 const WRITE_SAME_CHUNK: usize = 1 << 20;
@@ -184,6 +186,62 @@ fn copy(
     Ok(())
 }
 
+/// SANITIZE: erase (deallocate, or zero) the whole range, or overwrite it `passes` times
+/// with the pattern from the Data-Out buffer, 1 MiB at a time.
+fn sanitize(
+    store: &dyn BackingStore,
+    req: &IoRequest,
+    kind: SanitizeKind,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), IoResult> {
+    let off = req.byte_offset();
+    let len = req.byte_len();
+    let SanitizeKind::Overwrite {
+        pattern_len,
+        invert,
+        passes,
+    } = kind
+    else {
+        match store.unmap(off, len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                store
+                    .write_zeroes(off, len)
+                    .map_err(|e| io_result(e, true))?;
+            }
+            Err(e) => return Err(io_result(e, true)),
+        }
+        return store.flush().map_err(|e| io_result(e, true));
+    };
+    let bs = req.block_size as usize;
+    let pattern = slice(data, req.data_offset as usize, usize::from(pattern_len))?;
+    if bs == 0 || pattern.is_empty() {
+        return Err(IoResult::Failed);
+    }
+    let per = (COPY_CHUNK / bs).max(1);
+    let chunk_blocks = req.blocks.min(per as u64) as usize;
+    for pass in 0..passes {
+        // One block of the pattern, repeated to fill the chunk.
+        scratch.clear();
+        scratch.extend(pattern.iter().copied().cycle().take(bs));
+        if invert && pass % 2 == 1 {
+            scratch.iter_mut().for_each(|b| *b = !*b);
+        }
+        for _ in 1..chunk_blocks {
+            scratch.extend_from_within(..bs);
+        }
+        let mut done = 0u64;
+        while done < req.blocks {
+            let n = (req.blocks - done).min(chunk_blocks as u64) as usize;
+            let at = off.saturating_add(done.saturating_mul(bs as u64));
+            write_full(store, &scratch[..n * bs], at, false)?;
+            done += n as u64;
+        }
+    }
+    store.flush().map_err(|e| io_result(e, true))
+}
+
 fn run(
     store: &dyn BackingStore,
     req: &IoRequest,
@@ -298,6 +356,10 @@ fn run(
             read_full(store, scratch, off)?;
             or_into(scratch, slice(data, req.data_offset as usize, n)?);
             write_full(store, scratch, off, req.fua)?;
+            Ok(ok)
+        }
+        IoOp::Sanitize { kind } => {
+            sanitize(store, req, kind, data, scratch)?;
             Ok(ok)
         }
         IoOp::Copy {
@@ -515,6 +577,55 @@ mod tests {
         // `execute` cannot copy between LUs.
         let r = execute(&a, &copy_req(0, 1, 1, 1, 2), &mut [], &mut scratch);
         assert_eq!(r, IoAnswer::Complete(IoResult::Failed));
+    }
+
+    #[test]
+    fn sanitize_overwrite_with_inversion_and_erase() {
+        let s = MemoryStore::new(3 << 20, 512).unwrap();
+        let mut scratch = Vec::new();
+        let blocks = (3u64 << 20) / 512;
+        let mut param = vec![0u8, 0, 0, 3, 1, 2, 3];
+        let mut r = req(
+            IoOp::Sanitize {
+                kind: SanitizeKind::Overwrite {
+                    pattern_len: 3,
+                    invert: true,
+                    passes: 2,
+                },
+            },
+            0,
+            blocks,
+        );
+        r.data_offset = 4;
+        assert_eq!(
+            execute(&s, &r, &mut param, &mut scratch),
+            IoAnswer::Complete(IoResult::Ok)
+        );
+        assert!(scratch.len() <= COPY_CHUNK);
+        // The second pass wrote the complement; each block starts the pattern afresh.
+        let mut back = vec![0u8; 1024];
+        execute(&s, &req(IoOp::Read, blocks - 2, 2), &mut back, &mut scratch);
+        assert_eq!(&back[..4], &[!1, !2, !3, !1]);
+        assert_eq!(&back[510..514], &[!1, !2, !1, !2]);
+        let e = req(
+            IoOp::Sanitize {
+                kind: SanitizeKind::Erase,
+            },
+            0,
+            blocks,
+        );
+        assert_eq!(
+            execute(&s, &e, &mut [], &mut scratch),
+            IoAnswer::Complete(IoResult::Ok)
+        );
+        execute(&s, &req(IoOp::Read, blocks - 2, 2), &mut back, &mut scratch);
+        assert!(back.iter().all(|b| *b == 0));
+        // A pattern beyond the buffer fails cleanly.
+        r.data_offset = 6;
+        assert_eq!(
+            execute(&s, &r, &mut param, &mut scratch),
+            IoAnswer::Complete(IoResult::Failed)
+        );
     }
 
     #[test]

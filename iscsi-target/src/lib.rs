@@ -11,6 +11,9 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod acl;
+pub mod builder;
 pub mod driver;
 pub mod exec;
 pub mod registry;
+
+pub use builder::{BuildError, LunOptions, TargetBuilder};

@@ -6,7 +6,7 @@
 //! SCSI state (tasks, unit attentions, reservations) lives in one [`ScsiTarget`] per target,
 //! behind that target's mutex. Actions that scsi-core produces for another session's tasks
 //! (an ORDERED task released by someone else's completion, say) are routed to the owning
-//! session's mailbox and its waker is called: see [`TargetNode::drain_actions`].
+//! session's mailbox and its waker is called: see [`ScsiGuard::drain_actions`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

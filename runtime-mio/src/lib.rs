@@ -3,7 +3,8 @@
 //! The epoll runtime of the tgt-rs target: `N` reactor threads, each a [`mio::Poll`] owning
 //! its connections. Listener threads accept on every portal and hand connections out
 //! round-robin. Each wake-up reads everything the socket holds, handles every complete PDU,
-//! and sends the batched responses with one write. Block I/O runs on a per-reactor worker
+//! and sends the batched responses with one `writev` straight from the task buffers (Data-In
+//! is not copied in user space; only the remainder of a partial write is). Block I/O runs on a per-reactor worker
 //! pool (memory and null stores run inline); completions come back through the reactor's
 //! [`mio::Waker`]. All protocol and SCSI logic lives in [`iscsi_target::driver::Driver`].
 //!
@@ -24,7 +25,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iscsi_proto::session::Timestamp;
+use iscsi_proto::session::{TaskData, Timestamp};
 use iscsi_target::driver::{Driver, DriverConfig, InputStatus, IoJob};
 use iscsi_target::registry::Registry;
 use mio::net::TcpStream;
@@ -43,6 +44,8 @@ const WAKER: Token = Token(0);
 const READ_CHUNK: usize = 256 * 1024;
 /// Stop reading from a connection while this much output is queued (backpressure).
 const MAX_PENDING_OUTPUT: usize = 8 << 20;
+/// PDUs gathered into one `writev` (three slices each: header, data, trailer).
+const WRITEV_PDUS: usize = 64;
 
 /// Reactor settings.
 #[derive(Debug, Clone, Copy)]
@@ -359,12 +362,25 @@ fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared) {
     }
 }
 
+/// One PDU of a vectored batch: its header and trailer bytes are ranges of `Conn::hdrs`; its
+/// data stays in the task buffer until the `writev`.
+#[derive(Clone, Copy)]
+struct Piece {
+    hdr: (usize, usize),
+    data: Option<TaskData>,
+    trailer: (usize, usize),
+}
+
 struct Conn {
     sock: TcpStream,
     driver: Driver,
     rx: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
+    /// Headers and trailers of the batch being written (reused).
+    hdrs: Vec<u8>,
+    /// The batch being written (reused).
+    pieces: Vec<Piece>,
     writable_armed: bool,
     peer_closed: bool,
 }
@@ -522,6 +538,8 @@ impl Reactor {
                 rx: Vec::new(),
                 out: Vec::new(),
                 out_pos: 0,
+                hdrs: Vec::new(),
+                pieces: Vec::new(),
                 writable_armed: false,
                 peer_closed: false,
             },
@@ -578,8 +596,8 @@ impl Reactor {
                     self.pool.submit(token, job);
                 }
             }
-            c.driver.transmit_into(now, &mut c.out);
-            // Write what we can.
+            transmit(c, now);
+            // Write what is left over.
             while c.out_pos < c.out.len() {
                 match c.sock.write(&c.out[c.out_pos..]) {
                     Ok(0) => {
@@ -639,4 +657,98 @@ impl Reactor {
             c.driver.close(now);
         }
     }
+}
+
+/// Sends the driver's pending PDUs. While nothing is queued in `Conn::out`, PDUs go out with
+/// `writev` straight from the header scratch and the task buffers (Data-In is never copied);
+/// on a partial write only the unwritten remainder is copied to `Conn::out`. With output
+/// already queued, PDUs are appended to it to keep their order.
+fn transmit(c: &mut Conn, now: Timestamp) {
+    while c.out_pos >= c.out.len() && !c.peer_closed {
+        c.hdrs.clear();
+        c.pieces.clear();
+        while c.pieces.len() < WRITEV_PDUS {
+            let Some(o) = c.driver.poll_transmit(now) else {
+                break;
+            };
+            let h0 = c.hdrs.len();
+            c.hdrs
+                .extend_from_slice(&c.driver.header_buf()[..o.header_len]);
+            let h1 = c.hdrs.len();
+            if let Some(d) = o.data {
+                let trailer = d.trailer(c.driver.task_data(&d));
+                c.hdrs.extend_from_slice(trailer.as_bytes());
+            }
+            c.pieces.push(Piece {
+                hdr: (h0, h1),
+                data: o.data,
+                trailer: (h1, c.hdrs.len()),
+            });
+        }
+        if c.pieces.is_empty() {
+            break;
+        }
+        let full = c.pieces.len() == WRITEV_PDUS;
+        let mut iov = [IoSlice::new(&[]); 3 * WRITEV_PDUS];
+        let mut n_iov = 0;
+        let mut total = 0;
+        for p in &c.pieces {
+            let data = p.data.map(|d| c.driver.task_data(&d)).unwrap_or(&[]);
+            for part in [
+                &c.hdrs[p.hdr.0..p.hdr.1],
+                data,
+                &c.hdrs[p.trailer.0..p.trailer.1],
+            ] {
+                if !part.is_empty() {
+                    iov[n_iov] = IoSlice::new(part);
+                    n_iov += 1;
+                    total += part.len();
+                }
+            }
+        }
+        let mut written = 0;
+        while written < total {
+            let r = if written == 0 {
+                c.sock.write_vectored(&iov[..n_iov])
+            } else {
+                // `advance_slices` rewrites the slices: work on a copy, `iov` stays whole.
+                let mut tmp = iov;
+                let mut rest = &mut tmp[..n_iov];
+                IoSlice::advance_slices(&mut rest, written);
+                c.sock.write_vectored(rest)
+            };
+            match r {
+                Ok(0) => {
+                    c.peer_closed = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    c.peer_closed = true;
+                    break;
+                }
+            }
+        }
+        if written < total && !c.peer_closed {
+            // Keep only the unwritten remainder (task buffers may be reused after this).
+            let mut skip = written;
+            for part in &iov[..n_iov] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                c.out.extend_from_slice(&part[skip..]);
+                skip = 0;
+            }
+            break;
+        }
+        if !full {
+            break;
+        }
+    }
+    // Anything still pending (output backed up), then let the driver act on what it sent
+    // (e.g. close after a Logout Response).
+    c.driver.transmit_into(now, &mut c.out);
 }

@@ -40,6 +40,8 @@ pub mod op {
     pub const WRITE_SAME_10: u8 = 0x41;
     /// UNMAP.
     pub const UNMAP: u8 = 0x42;
+    /// SANITIZE.
+    pub const SANITIZE: u8 = 0x48;
     /// MODE SELECT (10).
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10).

@@ -8,6 +8,7 @@ use crate::types::*;
 
 mod copy;
 mod reservations;
+mod sanitize;
 
 pub(crate) use copy::CopyPeer;
 
@@ -29,6 +30,8 @@ pub(crate) struct NexusState {
     pub(crate) rtp: u16,
     /// The mode parameters when MODE PARAMETERS CHANGED was queued for this nexus.
     pub(crate) mode_seen: Option<ModeState>,
+    /// No command has been submitted through the nexus yet.
+    pub(crate) fresh: bool,
 }
 
 impl NexusState {
@@ -41,6 +44,7 @@ impl NexusState {
             port: crate::pr::PortName::synthetic(id),
             rtp,
             mode_seen: None,
+            fresh: true,
         };
         n.push_ua(Asc::POWER_ON_RESET);
         n
@@ -174,9 +178,14 @@ pub struct LogicalUnit<const TASKS: usize, const NEXUS: usize> {
     pub(crate) pr: crate::pr::PrState<NEXUS>,
     /// The nexus holding a RESERVE (6)/(10) reservation.
     pub(crate) legacy: Option<NexusId>,
+    /// The initiator (device name) that requested the last TARGET COLD RESET: its first
+    /// new nexus afterwards gets no POWER ON unit attention (it knows of the reset).
+    cold_reset_by: Option<crate::pr::PortName>,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
     copy_results: [Option<copy::CopyResult>; copy::COPY_RESULTS],
     copy_next: usize,
+    /// SANITIZE in progress / failure mode.
+    sanitize: sanitize::SanitizeState,
 }
 
 type Step = Result<Pend, Sense>;
@@ -204,6 +213,11 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             legacy: None,
             copy_results: [None; copy::COPY_RESULTS],
             copy_next: 0,
+            cold_reset_by: None,
+            sanitize: sanitize::SanitizeState {
+                running: None,
+                failed: false,
+            },
         }
     }
 
@@ -405,6 +419,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         if self.present && self.nexus_index(nexus).is_none() {
             self.add_nexus(nexus)
                 .map_err(|_| SubmitError::NexusTableFull)?;
+        }
+        if let Some(n) = self.nexus_index(nexus).and_then(|k| self.nexus[k].as_mut()) {
+            n.fresh = false;
         }
         let mut c = [0u8; CDB_MAX];
         let n = cdb.len().min(CDB_MAX);
@@ -682,6 +699,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 }
             }
         }
+        self.sanitize_check(&c)?;
         if let Some(t) = self.tasks[i].as_ref() {
             if self.reservation_conflict(t) {
                 return Ok(self.conflict(i));
@@ -740,6 +758,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             op::READ_DEFECT_DATA_12 => self.data_in(i, c, c.u32(6)),
             op::PERSISTENT_RESERVE_IN => self.prin_start(i, c),
             op::EXTENDED_COPY => self.extended_copy_start(i, c),
+            op::SANITIZE => self.sanitize_start(i, c),
             op::RECEIVE_COPY_RESULTS => self.receive_copy_results_start(i, c),
             op::MAINTENANCE_IN => match c.b(1) & 0x1F {
                 op::SA_REPORT_SUPPORTED_OPCODES => {
@@ -951,6 +970,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             .and_then(|n| n.pop_ua());
         let s = match ua {
             Some(a) => Sense::new(SenseKey::UnitAttention, a),
+            None if self.sanitize.running.is_some() => Self::sanitize_sense(),
             None if !self.medium_loaded => Sense::new(SenseKey::NotReady, Asc::MEDIUM_NOT_PRESENT),
             None => Sense::new(SenseKey::NoSense, Asc::NO_ADDITIONAL_SENSE),
         };
@@ -1434,6 +1454,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             op::UNMAP => self.unmap_data(i, data),
             op::PERSISTENT_RESERVE_OUT => self.prout_data(i, t, data),
             op::EXTENDED_COPY => self.copy_data(i, t, data, peers),
+            op::SANITIZE => self.sanitize_data(i, data),
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
                 let zero = data.iter().all(|b| *b == 0);
                 Ok(self.io(
@@ -1645,6 +1666,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     pub fn complete_io(&mut self, task: TaskId, result: IoResult) -> Result<(), CallbackError> {
         let i = self.task_index(task).ok_or(CallbackError::UnknownTask)?;
         let t = self.tasks[i].ok_or(CallbackError::UnknownTask)?;
+        if t.cdb.opcode() == op::SANITIZE && matches!(t.phase, Phase::Aborted | Phase::WaitIo) {
+            self.sanitize_done(task, result == IoResult::Ok);
+        }
         if t.phase == Phase::Aborted {
             self.tasks[i] = None;
             return Ok(());
@@ -1830,7 +1854,15 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     /// A power-on reset of the LU (TARGET COLD RESET): as [`Self::lu_reset_by`] with POWER ON,
     /// RESET, OR BUS DEVICE RESET OCCURRED, and persistent reservations are lost unless
     /// APTPL was set.
+    ///
+    /// The requester's connections are dropped by the runtime and it logs in again, with a
+    /// new ISID if it likes: the first new nexus of the same initiator gets no POWER ON unit
+    /// attention (like the requester of any reset, it learned of it from the response).
     pub fn power_on_reset(&mut self, by: Option<NexusId>) -> TmfOutcome {
+        self.cold_reset_by = by
+            .and_then(|id| self.nexus_index(id))
+            .and_then(|k| self.nexus[k].as_ref())
+            .map(|n| crate::pr::PortName::new(n.port.device_name()));
         if !self.pr.aptpl {
             let generation = self.pr.generation;
             self.pr = crate::pr::PrState::new();

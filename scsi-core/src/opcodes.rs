@@ -78,6 +78,13 @@ static TABLE: &[OpInfo] = &[
         false,
     ),
     thin(e(op::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0, F, F, 0]), true),
+    sa(op::SANITIZE, 0x01, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
+    thin(
+        sa(op::SANITIZE, 0x02, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
+        true,
+    ),
+    sa(op::SANITIZE, 0x03, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
+    sa(op::SANITIZE, 0x1F, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
     e(op::MODE_SELECT_10, &[0x55, 0x10, 0, 0, 0, 0, 0, F, F, 0]),
     e(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     e(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),

@@ -3,10 +3,10 @@
 //! command is checked against.
 //!
 //! Registrations belong to I_T nexuses, identified by their initiator port (the iSCSI
-//! TransportID "iqn...,i,0x<ISID>") and relative target port, so they survive session loss,
+//! TransportID `"iqn...,i,0x<ISID>"`) and relative target port, so they survive session loss,
 //! logout and resets: the runtime tells the LU a nexus' port with
 //! [`crate::LogicalUnit::add_nexus_with_port`]. A nexus registered without a port name gets
-//! a synthetic one ("nexus-<id>").
+//! a synthetic one (`"nexus-<id>"`).
 //!
 //! With APTPL set the runtime keeps the state across restarts: after commands, when
 //! [`crate::LogicalUnit::take_pr_changed`] says so, save
@@ -68,6 +68,15 @@ impl PortName {
     /// The name's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
+    }
+
+    /// The initiator device name: the port name without its ",i,0x<ISID>" part.
+    pub fn device_name(&self) -> &[u8] {
+        let b = self.as_bytes();
+        match find(b, b",i,0x") {
+            Some(k) => &b[..k],
+            None => b,
+        }
     }
 
     /// Whether the name carries an ISID (",i,0x" form).

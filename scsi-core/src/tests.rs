@@ -234,6 +234,27 @@ impl H {
                 self.disk.write(io.lba, &cur);
                 self.lu.complete_io(t, IoResult::Ok).unwrap();
             }
+            IoOp::Sanitize { kind } => {
+                match kind {
+                    SanitizeKind::Erase => self.disk.unmap(0, io.blocks),
+                    SanitizeKind::Overwrite {
+                        pattern_len,
+                        invert,
+                        passes,
+                    } => {
+                        let off = io.data_offset as usize;
+                        let pat = &data_out[off..off + usize::from(pattern_len)];
+                        let mut block: Vec<u8> = pat.iter().copied().cycle().take(bs).collect();
+                        if invert && passes % 2 == 0 {
+                            block.iter_mut().for_each(|b| *b = !*b);
+                        }
+                        for k in 0..io.blocks {
+                            self.disk.write(k, &block);
+                        }
+                    }
+                }
+                self.lu.complete_io(t, IoResult::Ok).unwrap();
+            }
             IoOp::Copy {
                 src_lun,
                 src_lba,
@@ -2487,4 +2508,177 @@ fn extended_copy_between_luns_of_a_target() {
         ),
         "{a:?}"
     );
+}
+
+fn sanitize_cdb(sa: u8, len: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x48;
+    c[1] = sa;
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+#[test]
+fn sanitize_overwrite_erase_and_errors() {
+    let mut h = H::new(LuConfig::new(64).thin(true));
+    h.write1(N0).good();
+    let mut p = vec![0x01, 0, 0, 4, 0xDE, 0xAD, 0xBE, 0xEF];
+    h.run(N0, &sanitize_cdb(1, 8), 8, &p).good();
+    let io = h.disk.ios.last().copied().unwrap();
+    assert_eq!(
+        (io.lba, io.blocks, io.data_offset, io.fua),
+        (0, 64, 4, true)
+    );
+    assert_eq!(
+        &h.disk.data[..8],
+        &[0xDE, 0xAD, 0xBE, 0xEF, 0xDE, 0xAD, 0xBE, 0xEF]
+    );
+    assert_eq!(
+        &h.disk.data[63 * 512 + 508..64 * 512],
+        &[0xDE, 0xAD, 0xBE, 0xEF]
+    );
+    // Parameter list length: 5..=block size + 4; pass count and pattern length checked.
+    for len in [0u16, 1, 4, 517] {
+        h.run(
+            N0,
+            &sanitize_cdb(1, len),
+            u32::from(len),
+            &vec![1; usize::from(len)],
+        )
+        .invalid_cdb(7, None);
+    }
+    p[0] = 0x00;
+    h.run(N0, &sanitize_cdb(1, 8), 8, &p).invalid_cdb(7, None);
+    p[0] = 0x01;
+    p[3] = 5;
+    h.run(N0, &sanitize_cdb(1, 8), 8, &p).invalid_cdb(7, None);
+    // Erases take no parameter list.
+    h.run(N0, &sanitize_cdb(2, 8), 8, &[0; 8])
+        .invalid_cdb(7, None);
+    h.run(N0, &sanitize_cdb(0x1F, 8), 8, &[0; 8])
+        .invalid_cdb(7, None);
+    for sa in [0u8, 4, 0x10, 0x1E] {
+        h.run(N0, &sanitize_cdb(sa, 0), 0, &[])
+            .invalid_cdb(1, Some(4));
+    }
+    // Reserved CDB fields.
+    let mut c = sanitize_cdb(3, 0);
+    c[1] |= 0x40;
+    h.run(N0, &c, 0, &[]).invalid_cdb(1, Some(6));
+    for k in 2..7 {
+        let mut c = sanitize_cdb(3, 0);
+        c[k] = 1;
+        h.run(N0, &c, 0, &[]).invalid_cdb(k as u16, None);
+    }
+    h.run(N0, &sanitize_cdb(2, 0), 0, &[]).good();
+    assert!(h.disk.mapped.iter().all(|m| !m));
+    assert_eq!(h.disk.data[0], 0);
+    h.run(N0, &sanitize_cdb(3, 0), 0, &[]).good();
+    h.run(N0, &sanitize_cdb(0x1F, 0), 0, &[]).good();
+    // WABEREQ and WACEREQ in VPD 0xB1: reads after an erase succeed.
+    let o = h.run(N0, &[0x12, 1, 0xB1, 0, 64, 0], 64, &[]);
+    assert_eq!(o.good().data[7], 0x50);
+    // BLOCK ERASE needs logical block provisioning.
+    let mut h = H::new(LuConfig::new(64));
+    h.run(N0, &sanitize_cdb(2, 0), 0, &[])
+        .invalid_cdb(1, Some(4));
+    let o = h.run(N0, &[0x12, 1, 0xB1, 0, 64, 0], 64, &[]);
+    assert_eq!(o.good().data[7], 0x10);
+    // Write protection and reservations.
+    let mut h = H::new(LuConfig::new(64).read_only(true));
+    h.run(N0, &sanitize_cdb(3, 0), 0, &[])
+        .sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
+    let mut h = H::new(LuConfig::new(64));
+    h.run(N1, &[0x16, 0, 0, 0, 0, 0], 0, &[]).good();
+    conflict(&h.run(N0, &sanitize_cdb(3, 0), 0, &[]));
+}
+
+#[test]
+fn sanitize_in_progress_survives_resets_and_failure_mode() {
+    let mut h = H::new(LuConfig::new(64));
+    let s = TaskId::new(N0.0, 500);
+    h.lu.submit(
+        N0,
+        s.tag,
+        &sanitize_cdb(3, 0),
+        DataDirection::None,
+        0,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let Some(Action::Io(io)) = h.lu.poll_action() else {
+        panic!()
+    };
+    assert_eq!(
+        io.op,
+        IoOp::Sanitize {
+            kind: SanitizeKind::Erase
+        }
+    );
+    assert!(h.lu.sanitize_in_progress());
+    h.tur(N1)
+        .sense(SenseKey::NotReady, Asc::SANITIZE_IN_PROGRESS);
+    let o = h.run(N1, &[0x03, 0, 0, 0, 18, 0], 18, &[]);
+    assert_eq!(&o.good().data[12..18], &[0x04, 0x1B, 0, 0x80, 0, 0]);
+    h.run(N1, &[0x12, 0, 0, 0, 36, 0], 36, &[]).good();
+    // Aborting the task and resetting the LU do not stop the operation.
+    h.lu.abort_task(s);
+    h.lu.lu_reset();
+    assert!(h.lu.sanitize_in_progress());
+    h.run(N1, &[0x03, 0, 0, 0, 18, 0], 18, &[]).good();
+    h.tur(N1)
+        .sense(SenseKey::NotReady, Asc::SANITIZE_IN_PROGRESS);
+    h.lu.complete_io(s, IoResult::Ok).unwrap();
+    assert!(!h.lu.sanitize_in_progress());
+    h.tur(N0)
+        .sense(SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET);
+    h.tur(N0).good();
+    // A failed sanitize: failure mode until EXIT FAILURE MODE.
+    let s = TaskId::new(N0.0, 501);
+    h.lu.submit(
+        N0,
+        s.tag,
+        &sanitize_cdb(3, 0),
+        DataDirection::None,
+        0,
+        TaskAttr::Simple,
+    )
+    .unwrap();
+    let Some(Action::Io(_)) = h.lu.poll_action() else {
+        panic!()
+    };
+    h.lu.complete_io(s, IoResult::WriteError).unwrap();
+    let Some(Action::Complete { status, .. }) = h.lu.poll_action() else {
+        panic!()
+    };
+    assert_eq!(status, ScsiStatus::CheckCondition);
+    h.read1(N1)
+        .sense(SenseKey::MediumError, Asc::SANITIZE_COMMAND_FAILED);
+    h.tur(N1).good();
+    h.run(N0, &sanitize_cdb(0x1F, 0), 0, &[]).good();
+    h.read1(N1).good();
+}
+
+#[test]
+fn cold_reset_requester_reconnects_without_unit_attention() {
+    let mut h = H::thin();
+    h.lu.add_nexus_with_port(N0, b"iqn.x:host,i,0x000000000001", 1)
+        .unwrap();
+    h.lu.add_nexus_with_port(N1, b"iqn.x:other,i,0x000000000002", 1)
+        .unwrap();
+    h.lu.target_reset_by(Some(N0), true);
+    // The connections are dropped; the requester comes back with another ISID.
+    h.lu.remove_nexus(N0);
+    h.lu.remove_nexus(N1);
+    let (a, b, c) = (NexusId(7), NexusId(8), NexusId(9));
+    h.lu.add_nexus_with_port(a, b"iqn.x:host,i,0x000000000003", 1)
+        .unwrap();
+    h.lu.add_nexus_with_port(b, b"iqn.x:other,i,0x000000000002", 1)
+        .unwrap();
+    h.tur(a).good();
+    h.tur(b).sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
+    // Only its first new nexus.
+    h.lu.add_nexus_with_port(c, b"iqn.x:host,i,0x000000000004", 1)
+        .unwrap();
+    h.tur(c).sense(SenseKey::UnitAttention, Asc::POWER_ON_RESET);
 }

@@ -115,6 +115,26 @@ pub enum VerifyMode {
     CompareEachWithOne,
 }
 
+/// What [`IoOp::Sanitize`] does to every block of the medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SanitizeKind {
+    /// Write the initialization pattern (the `pattern_len` bytes at the request's
+    /// `data_offset` in the Data-Out buffer, repeated from the start of each block) over the
+    /// whole medium `passes` times; with `invert`, every second pass writes the pattern's
+    /// bitwise complement.
+    Overwrite {
+        /// Pattern length in bytes (1..=block size).
+        pattern_len: u16,
+        /// Invert the pattern on every second pass.
+        invert: bool,
+        /// Number of passes (1..=31).
+        passes: u8,
+    },
+    /// BLOCK ERASE / CRYPTOGRAPHIC ERASE: deallocate every block (they read as zeros), or
+    /// write zeros where the store cannot deallocate.
+    Erase,
+}
+
 /// The operation of an [`IoRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IoOp {
@@ -161,6 +181,12 @@ pub enum IoOp {
     OrWrite,
     /// Optionally read ahead the range (no data moves); `complete_io`.
     Prefetch,
+    /// SANITIZE the whole medium (`lba` 0, `blocks` = capacity); see [`SanitizeKind`].
+    /// Answer with `complete_io`.
+    Sanitize {
+        /// Overwrite or erase.
+        kind: SanitizeKind,
+    },
     /// EXTENDED COPY: copy `blocks` blocks of `block_size` bytes from LUN `src_lun` at
     /// `src_lba` to LUN `dst_lun` at `lba` (LUs of the same target, possibly both the one
     /// the command came to; ranges already checked). Copy through a bounded buffer; when

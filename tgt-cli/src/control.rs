@@ -1479,16 +1479,6 @@ mod tests {
         }
     }
 
-    /// scsi-core's target tables are megabytes: build them on a roomy stack.
-    fn big_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(256 << 20)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-
     fn base_config() -> Config {
         Config::from_toml(&format!(
             "[daemon]\nlisten = [\"127.0.0.1:3260\"]\n\
@@ -1500,22 +1490,20 @@ mod tests {
         .unwrap()
     }
 
-    fn with_control(f: impl FnOnce(&mut Control<'_>, &Registry) + Send + 'static) {
-        big_stack(move || {
-            let config = base_config();
-            let registry = build_registry(&config.validate().unwrap()).unwrap();
-            let mut portals = FakePortals {
-                list: vec!["127.0.0.1:3260".parse().unwrap()],
-                next: 0,
-            };
-            let mut c = Control::new(
-                registry.clone(),
-                config,
-                PathBuf::from("/nonexistent-dir/t.toml"),
-                &mut portals,
-            );
-            f(&mut c, &registry);
-        });
+    fn with_control(f: impl FnOnce(&mut Control<'_>, &Registry)) {
+        let config = base_config();
+        let registry = build_registry(&config.validate().unwrap()).unwrap();
+        let mut portals = FakePortals {
+            list: vec!["127.0.0.1:3260".parse().unwrap()],
+            next: 0,
+        };
+        let mut c = Control::new(
+            registry.clone(),
+            config,
+            PathBuf::from("/nonexistent-dir/t.toml"),
+            &mut portals,
+        );
+        f(&mut c, &registry);
     }
 
     fn err(r: Response) -> String {

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use backstore::{BackingStore, FileStore, MemoryStore, NullStore, OpenOptions};
+use iscsi_target::builder::LunOptions;
 use iscsi_target::driver::DriverConfig;
 use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth, TargetNode};
-use scsi_core::{BlockSize, LuConfig};
+use scsi_core::LuConfig;
 
 use crate::config::{BsType, Config, LunSpec, RuntimeKind, TargetSpec, Validated};
 use crate::control::{self, Control, Portals};
 
 /// The largest data transfer of one command, in bytes (VPD Block Limits).
-pub const MAX_TRANSFER: u32 = 8 << 20;
+pub const MAX_TRANSFER: u32 = iscsi_target::builder::MAX_TRANSFER;
 
 /// How long initiators get to log out at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -64,29 +65,14 @@ pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
     })
 }
 
-/// Builds one LU's scsi-core configuration.
+/// Builds one LU's scsi-core configuration: the library's defaults
+/// ([`iscsi_target::builder::lu_config`]) with the spec's flags.
 pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig {
-    let bs = if spec.block_size == 4096 {
-        BlockSize::B4096
-    } else {
-        BlockSize::B512
-    };
-    let blocks = store.size() / u64::from(spec.block_size);
-    let serial = format!("tgtrs{tid:04}{:05}", spec.lun);
-    // NAA 6 (registered extended) with an OUI-style prefix and the tid/lun in the low bits.
-    let naa = 0x6001_4050_0000_0000u64 | (u64::from(tid) << 16) | spec.lun;
-    // One command moves at most MAX_TRANSFER bytes (this bounds a task's buffer); WRITE SAME
-    // is held to the same count so an initiator can write what it may then unmap.
-    let max_blocks = MAX_TRANSFER / spec.block_size;
-    LuConfig::new(blocks)
-        .block_size(bs)
-        .transfer_lengths((1 << 20) / spec.block_size, max_blocks)
-        .max_write_same(u64::from(max_blocks))
-        .read_only(spec.readonly)
+    let opts = LunOptions::default()
+        .readonly(spec.readonly)
         .removable(spec.removable)
-        .thin(spec.thin)
-        .serial(&serial)
-        .naa(naa)
+        .thin(spec.thin);
+    iscsi_target::builder::lu_config(tid, spec.lun as u16, store, &opts)
 }
 
 /// Adds a target and its LUNs to the registry.

@@ -890,12 +890,31 @@ fn chap_one_way_and_mutual() {
         ])
     );
     assert!(!d.ok(&["account", "show"]).contains("secret"));
+
+    // `--password -` reads the secret from stdin (kept out of `ps`).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tgt-cli"))
+        .args(["account", "new", "--user", "carol", "--password", "-"])
+        .env("TGT_CONTROL", &d.control)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"carol-secret-99\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    d.ok(&["account", "bind", "--tid", "1", "--user", "carol"]);
+    assert!(inq("carol%carol-secret-99@", &[]));
+    assert!(!inq("carol%carol-secret-9@", &[]));
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
     assert!(
         !log.contains("alice-secret-12") && !log.contains("bob-secret-123"),
         "{log}"
     );
+    assert!(!log.contains("carol-secret-99"), "{log}");
 }
 
 #[test]

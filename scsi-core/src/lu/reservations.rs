@@ -30,6 +30,14 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 PortName::new(initiator_port)
             };
             n.rtp = relative_target_port;
+            if n.fresh
+                && self
+                    .cold_reset_by
+                    .is_some_and(|c| c.as_bytes().eq_ignore_ascii_case(n.port.device_name()))
+            {
+                n.remove_ua(Asc::POWER_ON_RESET);
+                self.cold_reset_by = None;
+            }
         }
         Ok(())
     }

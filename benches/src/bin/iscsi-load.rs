@@ -1,0 +1,510 @@
+//! `iscsi-load`: a small iSCSI load generator over real sockets, built on iscsi-proto's test
+//! initiator. It drives any iSCSI target (this one or tgt) with random or sequential reads,
+//! writes or a mix, at a given queue depth, number of sessions and block size, and prints one
+//! line of results:
+//!
+//! ```text
+//! ops=N bytes=N secs=F iops=F mbps=F errors=N
+//! ```
+//!
+//! ```text
+//! iscsi-load --portal 127.0.0.1:3260 --target IQN [--lun 1] [--bs 4096] [--qd 32]
+//!            [--sessions 1] [--secs 5] [--read-pct 100] [--seq]
+//! ```
+//!
+//! Writes carry immediate data up to the negotiated FirstBurstLength and answer R2Ts with
+//! Data-Out PDUs sized by the target's MaxRecvDataSegmentLength.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use iscsi_proto::session::initiator::{CommandSpec, Initiator, find_key, write_text};
+use iscsi_proto::wire::{DataInFlags, Digests, Pdu, RESERVED_TAG, Stage, Status, pdu_len};
+
+/// Command-line options.
+#[derive(Clone, Debug)]
+struct Opts {
+    portal: String,
+    target: String,
+    lun: u64,
+    bs: u32,
+    qd: usize,
+    sessions: usize,
+    secs: f64,
+    read_pct: u32,
+    seq: bool,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        portal: String::new(),
+        target: String::new(),
+        lun: 1,
+        bs: 4096,
+        qd: 1,
+        sessions: 1,
+        secs: 5.0,
+        read_pct: 100,
+        seq: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--seq" {
+            o.seq = true;
+            continue;
+        }
+        let v = args.next().with_context(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--portal" => o.portal = v,
+            "--target" => o.target = v,
+            "--lun" => o.lun = v.parse()?,
+            "--bs" => o.bs = v.parse()?,
+            "--qd" => o.qd = v.parse()?,
+            "--sessions" => o.sessions = v.parse()?,
+            "--secs" => o.secs = v.parse()?,
+            "--read-pct" => o.read_pct = v.parse()?,
+            _ => bail!("unknown option {a}"),
+        }
+    }
+    if o.portal.is_empty() || o.target.is_empty() {
+        bail!(
+            "usage: iscsi-load --portal HOST:PORT --target IQN [--lun N] [--bs BYTES] [--qd N] \
+             [--sessions N] [--secs S] [--read-pct P] [--seq]"
+        );
+    }
+    if o.qd == 0 || o.sessions == 0 || o.bs == 0 || o.read_pct > 100 {
+        bail!("--qd, --sessions and --bs must be > 0, --read-pct <= 100");
+    }
+    Ok(o)
+}
+
+/// xorshift64*: cheap, reproducible randomness for offsets and the read/write mix.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One outstanding command.
+struct Task {
+    write: bool,
+    len: u32,
+}
+
+/// What a received PDU means to the session loop.
+enum Event {
+    Done {
+        itt: u32,
+        good: bool,
+    },
+    R2t {
+        itt: u32,
+        ttt: u32,
+        offset: u32,
+        len: u32,
+    },
+    Ping {
+        ttt: u32,
+    },
+    Other,
+}
+
+struct Session {
+    sock: TcpStream,
+    ini: Initiator,
+    lun_field: u64,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    tx: Vec<u8>,
+    /// Target's MaxRecvDataSegmentLength: the largest Data-Out / immediate data segment.
+    target_mrdsl: u32,
+    first_burst: u32,
+    immediate_data: bool,
+    block_len: u32,
+    blocks: u64,
+}
+
+impl Session {
+    fn login(o: &Opts, index: usize) -> Result<Session> {
+        let sock =
+            TcpStream::connect(&o.portal).with_context(|| format!("connect {}", o.portal))?;
+        sock.set_nodelay(true)?;
+        let isid = [0x80, 0x12, 0x34, 0x56, (index >> 8) as u8, index as u8];
+        let mut s = Session {
+            sock,
+            ini: Initiator::new(isid, 1),
+            lun_field: (o.lun & 0xff) << 48,
+            rx: vec![0; 4 << 20],
+            rx_start: 0,
+            rx_end: 0,
+            tx: Vec::with_capacity(1 << 20),
+            target_mrdsl: 8192,
+            first_burst: 65536,
+            immediate_data: false,
+            block_len: 512,
+            blocks: 0,
+        };
+        let name = format!("iqn.2026-11.org.tgt-rs:load{index}");
+        let mut text = [0u8; 1024];
+        let n = write_text(
+            &mut text,
+            &[
+                ("InitiatorName", &name),
+                ("TargetName", &o.target),
+                ("SessionType", "Normal"),
+                ("HeaderDigest", "None"),
+                ("DataDigest", "None"),
+                ("ImmediateData", "Yes"),
+                ("InitialR2T", "Yes"),
+                ("MaxRecvDataSegmentLength", "262144"),
+                ("FirstBurstLength", "65536"),
+                ("MaxBurstLength", "262144"),
+                ("MaxOutstandingR2T", "1"),
+                ("DataPDUInOrder", "Yes"),
+                ("DataSequenceInOrder", "Yes"),
+                ("ErrorRecoveryLevel", "0"),
+                ("DefaultTime2Wait", "0"),
+                ("DefaultTime2Retain", "0"),
+                ("MaxConnections", "1"),
+            ],
+        )
+        .context("login text")?;
+        let mut pdu = vec![0u8; 2048];
+        let len = s
+            .ini
+            .login(
+                &mut pdu,
+                Stage::LoginOperational,
+                Some(Stage::FullFeature),
+                &text[..n],
+            )
+            .map_err(|e| anyhow::anyhow!("emit login: {e}"))?;
+        s.sock.write_all(&pdu[..len])?;
+        let n = s.fill_one()?;
+        let buf = s.rx[s.rx_start..s.rx_start + n].to_vec();
+        s.rx_start += n;
+        let (resp, _) = s
+            .ini
+            .receive(&buf)
+            .map_err(|e| anyhow::anyhow!("parse login response: {e}"))?;
+        let Pdu::LoginResponse(r) = resp else {
+            bail!("expected a Login Response");
+        };
+        if r.status.class != 0 {
+            bail!("login failed: {:?}", r.status);
+        }
+        if r.nsg != Some(Stage::FullFeature) {
+            bail!("target did not move to full feature phase in one step");
+        }
+        if let Some(v) = find_key(r.data, "MaxRecvDataSegmentLength") {
+            s.target_mrdsl = v.parse().unwrap_or(8192);
+        }
+        if let Some(v) = find_key(r.data, "FirstBurstLength") {
+            s.first_burst = v.parse().unwrap_or(65536);
+        }
+        s.immediate_data = find_key(r.data, "ImmediateData") == Some("Yes");
+        // Clear unit attentions (power on / reset), then learn the geometry.
+        for _ in 0..4 {
+            if s.simple(&[0; 6], 0)?.0 {
+                break;
+            }
+        }
+        let (good, data) = s.simple(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8)?;
+        if !good || data.len() < 8 {
+            bail!("READ CAPACITY failed");
+        }
+        let last = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        s.block_len = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        s.blocks = u64::from(last) + 1;
+        if s.block_len == 0 {
+            bail!("block length 0");
+        }
+        Ok(s)
+    }
+
+    /// Reads until one complete PDU sits at `rx_start`; returns its length.
+    fn fill_one(&mut self) -> Result<usize> {
+        loop {
+            if let Status::Complete(n) =
+                pdu_len(&self.rx[self.rx_start..self.rx_end], Digests::NONE)
+            {
+                if self.rx_end - self.rx_start >= n {
+                    return Ok(n);
+                }
+                if n > self.rx.len() {
+                    bail!("PDU of {n} bytes exceeds the receive buffer");
+                }
+            }
+            self.read_more()?;
+        }
+    }
+
+    fn read_more(&mut self) -> Result<()> {
+        if self.rx_start > 0 && (self.rx_end == self.rx.len() || self.rx_start == self.rx_end) {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        let n = self.sock.read(&mut self.rx[self.rx_end..])?;
+        if n == 0 {
+            bail!("target closed the connection");
+        }
+        self.rx_end += n;
+        Ok(())
+    }
+
+    /// One synchronous non-data or read command; returns (good status, data).
+    fn simple(&mut self, cdb: &[u8], len: u32) -> Result<(bool, Vec<u8>)> {
+        let mut pdu = [0u8; 128];
+        let (itt, n) = self
+            .ini
+            .command(&mut pdu, &CommandSpec::read(self.lun_field, cdb, len))
+            .map_err(|e| anyhow::anyhow!("emit command: {e}"))?;
+        self.sock.write_all(&pdu[..n])?;
+        let mut data = Vec::new();
+        loop {
+            let n = self.fill_one()?;
+            let buf = self.rx[self.rx_start..self.rx_start + n].to_vec();
+            self.rx_start += n;
+            let (p, _) = self
+                .ini
+                .receive(&buf)
+                .map_err(|e| anyhow::anyhow!("parse: {e}"))?;
+            match p {
+                Pdu::DataIn(d) if d.itt == itt => {
+                    data.extend_from_slice(d.data);
+                    if d.flags.contains(DataInFlags::STATUS) {
+                        return Ok((d.status == 0, data));
+                    }
+                }
+                Pdu::ScsiResponse(r) if r.itt == itt => return Ok((r.status == 0, data)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Parses the PDU at `rx_start` (complete, `n` bytes) and consumes it.
+    fn take(&mut self, n: usize) -> Result<Event> {
+        let (p, _) = self
+            .ini
+            .receive(&self.rx[self.rx_start..self.rx_start + n])
+            .map_err(|e| anyhow::anyhow!("parse: {e}"))?;
+        let ev = match p {
+            Pdu::DataIn(d) if d.flags.contains(DataInFlags::STATUS) => Event::Done {
+                itt: d.itt,
+                good: d.status == 0,
+            },
+            Pdu::ScsiResponse(r) => Event::Done {
+                itt: r.itt,
+                good: r.status == 0
+                    && r.response == iscsi_proto::wire::ScsiResponseCode::CommandCompleted,
+            },
+            Pdu::R2t(r) => Event::R2t {
+                itt: r.itt,
+                ttt: r.ttt,
+                offset: r.buffer_offset,
+                len: r.desired_len,
+            },
+            Pdu::NopIn(n) if n.ttt != RESERVED_TAG => Event::Ping { ttt: n.ttt },
+            _ => Event::Other,
+        };
+        self.rx_start += n;
+        Ok(ev)
+    }
+}
+
+/// Per-session results.
+#[derive(Default)]
+struct Totals {
+    ops: u64,
+    bytes: u64,
+    errors: u64,
+    secs: f64,
+}
+
+fn run_session(
+    o: &Opts,
+    index: usize,
+    start: std::sync::Arc<std::sync::Barrier>,
+) -> Result<Totals> {
+    let mut s = Session::login(o, index)?;
+    let span_blocks = s.blocks;
+    let io_blocks = u64::from(o.bs.div_ceil(s.block_len));
+    let len = (io_blocks as u32) * s.block_len;
+    if io_blocks > 0xffff || span_blocks < io_blocks {
+        bail!("block size out of range for this LUN");
+    }
+    let slots = span_blocks / io_blocks;
+    let payload = vec![0x5au8; len as usize];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((index as u64 + 1) << 17));
+    let mut seq_next = (index as u64 * slots / o.sessions as u64) % slots;
+    let mut tasks: HashMap<u32, Task> = HashMap::with_capacity(o.qd * 2);
+    let mut totals = Totals::default();
+    let imm_max = if s.immediate_data {
+        s.first_burst.min(s.target_mrdsl)
+    } else {
+        0
+    };
+    let mut pdu = vec![0u8; 48 + s.target_mrdsl.max(imm_max) as usize + 64];
+
+    start.wait();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(o.secs);
+    let mut stopping = false;
+    loop {
+        // Top up the queue (inside the target's CmdSN window).
+        while !stopping && tasks.len() < o.qd {
+            if iscsi_proto::serial::sn_lt(s.ini.max_cmd_sn(), s.ini.cmd_sn()) {
+                break;
+            }
+            let slot = if o.seq {
+                let v = seq_next;
+                seq_next = (seq_next + 1) % slots;
+                v
+            } else {
+                rng.next() % slots
+            };
+            let lba = slot * io_blocks;
+            let write = o.read_pct < 100 && (rng.next() % 100) as u32 >= o.read_pct;
+            let mut cdb = [0u8; 10];
+            cdb[0] = if write { 0x2a } else { 0x28 };
+            cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
+            cdb[7..9].copy_from_slice(&(io_blocks as u16).to_be_bytes());
+            let spec = if write {
+                let imm = len.min(imm_max) as usize;
+                CommandSpec::write(s.lun_field, &cdb, len, &payload[..imm])
+            } else {
+                CommandSpec::read(s.lun_field, &cdb, len)
+            };
+            let (itt, n) = s
+                .ini
+                .command(&mut pdu, &spec)
+                .map_err(|e| anyhow::anyhow!("emit command: {e}"))?;
+            s.tx.extend_from_slice(&pdu[..n]);
+            tasks.insert(itt, Task { write, len });
+        }
+        if !s.tx.is_empty() {
+            s.sock.write_all(&s.tx)?;
+            s.tx.clear();
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        // Handle every complete PDU we hold; read more when none is complete.
+        let mut handled = false;
+        loop {
+            let avail = &s.rx[s.rx_start..s.rx_end];
+            let Status::Complete(n) = pdu_len(avail, Digests::NONE) else {
+                break;
+            };
+            if avail.len() < n {
+                if n > s.rx.len() {
+                    bail!("PDU of {n} bytes exceeds the receive buffer");
+                }
+                break;
+            }
+            handled = true;
+            match s.take(n)? {
+                Event::Done { itt, good } => {
+                    if let Some(t) = tasks.remove(&itt) {
+                        totals.ops += 1;
+                        totals.bytes += u64::from(t.len);
+                        if !good {
+                            totals.errors += 1;
+                        }
+                        let _ = t.write;
+                    }
+                }
+                Event::R2t {
+                    itt,
+                    ttt,
+                    offset,
+                    len: want,
+                } => {
+                    let end = offset.saturating_add(want).min(len);
+                    let mut off = offset;
+                    let mut data_sn = 0;
+                    while off < end {
+                        let chunk = (end - off).min(s.target_mrdsl);
+                        let n = s
+                            .ini
+                            .data_out(
+                                &mut pdu,
+                                itt,
+                                ttt,
+                                s.lun_field,
+                                data_sn,
+                                off,
+                                &payload[off as usize..(off + chunk) as usize],
+                                off + chunk == end,
+                            )
+                            .map_err(|e| anyhow::anyhow!("emit data-out: {e}"))?;
+                        s.tx.extend_from_slice(&pdu[..n]);
+                        off += chunk;
+                        data_sn += 1;
+                    }
+                }
+                Event::Ping { ttt } => {
+                    let n = s
+                        .ini
+                        .nop_out(&mut pdu, RESERVED_TAG, ttt, &[])
+                        .map_err(|e| anyhow::anyhow!("emit nop-out: {e}"))?;
+                    s.tx.extend_from_slice(&pdu[..n]);
+                }
+                Event::Other => {}
+            }
+        }
+        if !stopping && Instant::now() >= deadline {
+            stopping = true;
+        }
+        if !handled && s.tx.is_empty() {
+            s.read_more()?;
+        }
+    }
+    totals.secs = t0.elapsed().as_secs_f64();
+    Ok(totals)
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(o.sessions));
+    let handles: Vec<_> = (0..o.sessions)
+        .map(|i| {
+            let o = o.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || run_session(&o, i, b))
+        })
+        .collect();
+    let mut all = Totals::default();
+    for h in handles {
+        let t = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("session thread panicked"))??;
+        all.ops += t.ops;
+        all.bytes += t.bytes;
+        all.errors += t.errors;
+        all.secs = all.secs.max(t.secs);
+    }
+    let secs = all.secs.max(1e-9);
+    println!(
+        "ops={} bytes={} secs={:.3} iops={:.0} mbps={:.1} errors={}",
+        all.ops,
+        all.bytes,
+        secs,
+        all.ops as f64 / secs,
+        all.bytes as f64 / secs / 1e6,
+        all.errors
+    );
+    Ok(())
+}
