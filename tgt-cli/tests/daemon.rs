@@ -1,133 +1,35 @@
 //! End-to-end tests: the real daemon binary on a free port, reached by libiscsi's tools
 //! (Debian package libiscsi-bin) as an independent initiator, on both runtimes.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::*;
 
 const IQN: &str = "iqn.2026-11.org.tgt-rs:test";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(runtime: &str, luns: &str) -> Daemon {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let port = free_port();
-        let config = format!(
-            "[daemon]\nlisten = [\"127.0.0.1:{port}\"]\nruntime = \"{runtime}\"\nreactors = 2\n\n\
-             [[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n{}\n\
-             [[target]]\ntid = 2\nname = \"{IQN}-hidden\"\ninitiators = [\"10.255.255.1\"]\n\
-             [[target.lun]]\nlun = 0\nbstype = \"null\"\nsize = \"1M\"\n",
-            luns.replace("DIR", dir.path().to_str().unwrap())
-        );
-        let cfg = dir.path().join("target.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tgt-cli"))
-            .args(["daemon", "--config"])
-            .arg(&cfg)
-            .arg("--control")
-            .arg(dir.path().join("control.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn url(&self, lun: u32) -> String {
-        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// SIGTERM, then the exit status and stderr.
-    fn stop(mut self) -> (i32, String) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (st.code().unwrap_or(-1), err);
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// The daemon with target 1 (`luns`) open to all, and target 2 open to one address only.
+fn start(dir: &Path, runtime: &str, luns: &str) -> Daemon {
+    let body = format!(
+        "[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n{luns}\n\
+         [[target]]\ntid = 2\nname = \"{IQN}-hidden\"\ninitiators = [\"10.255.255.1\"]\n\
+         [[target.lun]]\nlun = 0\nbstype = \"null\"\nsize = \"1M\"\n"
+    );
+    Daemon::start(dir, runtime, &body)
 }
 
 const THIN: &str =
     "[[target.lun]]\nlun = 1\nbacking_store = \"DIR/lun1.img\"\nsize = \"64M\"\nthin = true\n";
 
 fn basic(runtime: &str) {
-    if !have("iscsi-ls") {
-        panic!("libiscsi-bin is required: apt-get install -y libiscsi-bin");
-    }
-    let d = Daemon::start(runtime, THIN);
-    assert!(
-        d.path("lun1.img").exists(),
-        "the backing file is created sparse"
-    );
-    assert_eq!(
-        std::fs::metadata(d.path("lun1.img")).unwrap().len(),
-        64 << 20
-    );
+    require_libiscsi();
+    let dir = tempdir();
+    let d = start(dir.path(), runtime, THIN);
+    let img = dir.path().join("lun1.img");
+    assert!(img.exists(), "the backing file is created sparse");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
 
     // Discovery lists only the targets this initiator may see, with the LUN.
     let o = run(
@@ -147,13 +49,13 @@ fn basic(runtime: &str) {
     );
 
     // INQUIRY.
-    let o = run("iscsi-inq", &[&d.url(1)]);
+    let o = run("iscsi-inq", &[&d.url(IQN, 1)]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("TGT-RS"), "{out}");
 
     // READ CAPACITY 16.
-    let o = run("iscsi-readcapacity16", &[&d.url(1)]);
+    let o = run("iscsi-readcapacity16", &[&d.url(IQN, 1)]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{out}");
@@ -175,7 +77,7 @@ fn basic(runtime: &str) {
         "iscsi-test-cu",
         &[
             "--test=SCSI.Write10.Simple,SCSI.Read10.Simple,SCSI.Write16.Simple,SCSI.Verify16.Simple",
-            &d.url(1),
+            &d.url(IQN, 1),
         ],
     );
     let out = text(&o);
@@ -198,7 +100,7 @@ fn mio_runtime_serves_libiscsi() {
 
 #[test]
 fn bad_config_is_one_line_and_starts_nothing() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempdir();
     let cfg = dir.path().join("bad.toml");
     let port = free_port();
     std::fs::write(

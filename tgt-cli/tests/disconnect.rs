@@ -2,65 +2,24 @@
 //! serving others. Uses iscsi-proto's test initiator over a real socket.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::*;
 
 use iscsi_proto::session::initiator::{CommandSpec, Initiator, write_text};
 use iscsi_proto::wire::{Digests, Pdu, Stage, Status, pdu_len};
 
 const IQN: &str = "iqn.2026-11.org.tgt-rs:cut";
 
-struct Daemon {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(runtime: &str) -> Daemon {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[daemon]\nlisten = [\"127.0.0.1:{port}\"]\nruntime = \"{runtime}\"\n\
-             [[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
-             [[target.lun]]\nlun = 1\nbacking_store = \"{}/d.img\"\nsize = \"64M\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tgt-cli"))
-        .args(["daemon", "--config"])
-        .arg(&cfg)
-        .arg("--control")
-        .arg(dir.path().join("control.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Daemon {
-        child,
-        port,
-        _dir: dir,
-    }
+fn start(dir: &std::path::Path, runtime: &str) -> Daemon {
+    let body = format!(
+        "[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
+         [[target.lun]]\nlun = 1\nbacking_store = \"DIR/d.img\"\nsize = \"64M\"\n"
+    );
+    Daemon::start(dir, runtime, &body)
 }
 
 struct Client {
@@ -153,7 +112,8 @@ fn inquiry_works(port: u16) {
 }
 
 fn cut_mid_write_and_read(runtime: &str) {
-    let d = start(runtime);
+    let dir = tempdir();
+    let d = start(dir.path(), runtime);
     for round in 0..3u8 {
         // A WRITE(10) of 1 MiB: take the R2T, send half the burst, vanish.
         let mut c = Client::connect(d.port, round);
