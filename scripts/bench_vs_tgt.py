@@ -68,9 +68,10 @@ class Target:
         self.name, self.pid, self.port, self.iqn, self.proc = name, pid, port, iqn, proc
 
 
-def start_ours(binary, runtime, store, work):
+def start_ours(binary, runtime, store, work, name=None):
+    name = name or f"ours-{runtime}"
     port = free_port()
-    d = os.path.join(work, f"ours-{runtime}")
+    d = os.path.join(work, name)
     os.makedirs(d)
     img = os.path.join(d, "lun.img")
     with open(img, "wb") as f:
@@ -87,7 +88,7 @@ def start_ours(binary, runtime, store, work):
         [binary, "daemon", "--config", cfg, "--control", os.path.join(d, "control.sock")],
         stdout=log, stderr=subprocess.STDOUT)
     wait_port(port)
-    return Target(f"ours-{runtime}", p.pid, port, IQN_OURS, p)
+    return Target(name, p.pid, port, IQN_OURS, p)
 
 
 def start_tgt(store, work):
@@ -153,6 +154,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--runtimes", default="mio,threads")
     ap.add_argument("--store", default="rdwr")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="NAME=BINARY:RUNTIME, another build of this daemon to compare "
+                         "(e.g. a baseline before a change)")
     ap.add_argument("--only", default="", help="substring filter on workload names")
     ap.add_argument("--markdown", default="", help="also write the table here")
     a = ap.parse_args()
@@ -164,6 +168,10 @@ def main():
     try:
         for rt in a.runtimes.split(","):
             targets.append(start_ours(a.daemon, rt, a.store, work))
+        for e in a.extra:
+            name, rest = e.split("=", 1)
+            binary, rt = rest.rsplit(":", 1)
+            targets.append(start_ours(binary, rt, a.store, work, name))
         targets.append(start_tgt(a.store, work))
         names = [t.name for t in targets]
         results = {}

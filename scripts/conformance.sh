@@ -3,7 +3,7 @@
 # ../shared/conformance/README.md lays it out: one target with three LUNs
 #   LUN 1: thin, writable (whole suite; reached twice for the MultipathIO tests)
 #   LUN 2: read-only      (SCSI.ReadOnly only)
-#   LUN 3: removable      (whole suite)
+#   LUN 3: removable, thin (whole suite)
 # and prints the merged summary; the last line is passed=N failed=N notimpl=N skipped=N total=N.
 #
 #   scripts/conformance.sh [mio|threads] [OUTDIR]
@@ -54,6 +54,7 @@ lun = 3
 backing_store = "$out/lun3.img"
 size = "64M"
 removable = true
+thin = true
 TOML
 # The read-only LUN's file must exist before start (a read-only LUN is never created).
 truncate -s 64M "$out/lun2.img"

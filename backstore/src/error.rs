@@ -113,6 +113,7 @@ impl std::error::Error for StoreError {}
 
 /// Why a store could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OpenErrorKind {
     /// A system call failed (open, stat, ioctl, set_len) with this errno.
     Os(i32),

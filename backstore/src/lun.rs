@@ -21,6 +21,7 @@ use crate::store::BackingStore;
 
 /// The backing-store type of a LUN (`bstype` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BsType {
     /// File or block device through the [`RdwrEngine`] thread pool.
     Rdwr,

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 /// One entry of a target's `initiators` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum InitiatorRule {
     /// Everybody.
     All,

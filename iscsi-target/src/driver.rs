@@ -664,21 +664,8 @@ impl Driver {
         registry.reinstate(&initiator, isid, target.tid, tsih);
         let nexus = registry.nexus_for(&initiator, isid, target.tid);
         let wake = self.wake.clone();
-        if let Err(e) = target.attach_nexus(nexus, Some(wake.clone())) {
-            log::warn!("login of {initiator}: {e:?}");
-            self.conn.close();
-            return;
-        }
-        // The initiator port identity persistent reservations are kept under (TransportID
-        // "<name>,i,0x<ISID>"); this target has one target port, relative port 1.
-        let port: String = isid.iter().fold(format!("{initiator},i,0x"), |mut s, b| {
-            s.push_str(&format!("{b:02x}"));
-            s
-        });
-        let _ = target
-            .scsi()
-            .target()
-            .add_nexus_with_port(nexus, port.as_bytes(), 1);
+        // Registered before the nexus is attached, so that a reinstated session closing
+        // meanwhile sees the nexus in use and leaves its state alone.
         let kill = self.kill.clone();
         let kill_wake = wake.clone();
         let logout_req = self.logout_req.clone();
@@ -700,6 +687,22 @@ impl Driver {
             })),
             params: Some(params),
         });
+        if let Err(e) = target.attach_nexus(nexus, Some(wake.clone())) {
+            log::warn!("login of {initiator}: {e:?}");
+            registry.unregister_session(tsih, nexus, self.ctx.peer);
+            self.conn.close();
+            return;
+        }
+        // The initiator port identity persistent reservations are kept under (TransportID
+        // "<name>,i,0x<ISID>"); this target has one target port, relative port 1.
+        let port: String = isid.iter().fold(format!("{initiator},i,0x"), |mut s, b| {
+            s.push_str(&format!("{b:02x}"));
+            s
+        });
+        let _ = target
+            .scsi()
+            .target()
+            .add_nexus_with_port(nexus, port.as_bytes(), 1);
         log::info!(
             "login: {initiator} from {} to {} (tsih {tsih}, nexus {})",
             self.ctx.peer,
@@ -715,10 +718,22 @@ impl Driver {
 
     fn unbind(&mut self) {
         if let Some(b) = self.bound.take() {
-            self.ctx
-                .registry
-                .unregister_session(b.tsih, b.nexus, self.ctx.peer);
-            b.target.detach_nexus(b.nexus);
+            let registry = &self.ctx.registry;
+            registry.unregister_session(b.tsih, b.nexus, self.ctx.peer);
+            if registry.nexus_in_use(b.target.tid, b.nexus) {
+                // Reinstated: a newer session of the same initiator port owns the I_T nexus
+                // now. Only this connection's own tasks go; the nexus state stays.
+                let mut g = b.target.scsi();
+                for s in self.slots.iter().filter(|s| s.handle.is_some() && !s.dead) {
+                    let task = TaskId {
+                        nexus: b.nexus,
+                        tag: TaskTag(s.itt),
+                    };
+                    let _ = g.target().abort_task(s.lun, task);
+                }
+            } else {
+                b.target.detach_nexus(b.nexus);
+            }
         }
     }
 

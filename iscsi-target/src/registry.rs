@@ -54,6 +54,7 @@ pub struct LunStats {
 
 /// What kind of backing-store request [`LunStats::record`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IoKind {
     /// A read.
     Read,
@@ -528,6 +529,7 @@ impl Default for Registry {
 
 /// Registry errors (admin requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// A target with this tid exists.
     DuplicateTid(u32),
@@ -690,6 +692,14 @@ impl Registry {
         {
             s.by_tsih.remove(&tsih);
         }
+    }
+
+    /// Whether a registered session of target `tid` uses the I_T nexus `nexus`.
+    pub fn nexus_in_use(&self, tid: u32, nexus: NexusId) -> bool {
+        lock(&self.sessions)
+            .by_tsih
+            .values()
+            .any(|r| r.tid == tid && r.nexus == nexus)
     }
 
     /// Whether a session with this TSIH exists for the initiator port.

@@ -6,21 +6,31 @@
 //! one of its tasks, reinstatement, shutdown) and timers. All protocol and SCSI logic lives
 //! in [`iscsi_target::driver::Driver`]; this crate only moves bytes.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
+//! use std::time::Duration;
+//! use backstore::MemoryStore;
+//! use iscsi_target::TargetBuilder;
 //! use iscsi_target::driver::DriverConfig;
-//! use iscsi_target::registry::Registry;
 //!
-//! let registry = Arc::new(Registry::new());
+//! let registry = TargetBuilder::new("iqn.2026-11.org.example:ram")
+//!     .lun(0, Arc::new(MemoryStore::new(16 << 20, 512)?))
+//!     .chap("user", "a-long-secret")
+//!     .build()?;
 //! let server = runtime_threads::Server::start(
 //!     registry,
 //!     DriverConfig::default(),
-//!     &["127.0.0.1:3260".parse().unwrap()],
+//!     &["127.0.0.1:0".parse()?], // port 0: any free port
 //! )?;
-//! // ... later:
-//! server.shutdown(std::time::Duration::from_secs(5));
-//! # Ok::<(), std::io::Error>(())
+//! let addr = server.local_addrs()[0];
+//! assert_ne!(addr.port(), 0);
+//! // ... initiators log in to iscsi://<addr>/iqn.2026-11.org.example:ram/0 ...
+//! server.shutdown(Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! A complete program with a custom block device: `examples/memdisk.rs`
+//! (`cargo run -p runtime-threads --example memdisk -- --self-test`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

@@ -186,9 +186,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             0xB1 => {
                 o.u16(0x0001); // non-rotating medium
                 o.u8(0);
-                // WABEREQ (with BLOCK ERASE, thin LUs only) and WACEREQ = 01b: reads after a
-                // sanitize erase succeed (zeros).
-                o.u8(if cfg.thin { 0x50 } else { 0x10 });
+                // WABEREQ and WACEREQ = 01b (the erases exist on thin LUs only): reads
+                // after a sanitize erase succeed (zeros).
+                o.u8(if cfg.thin { 0x50 } else { 0 });
                 o.zeros(56);
             }
             0xB2 => {

@@ -83,7 +83,10 @@ static TABLE: &[OpInfo] = &[
         sa(op::SANITIZE, 0x02, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
         true,
     ),
-    sa(op::SANITIZE, 0x03, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
+    thin(
+        sa(op::SANITIZE, 0x03, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
+        true,
+    ),
     sa(op::SANITIZE, 0x1F, &[0x48, 0xBF, 0, 0, 0, 0, 0, F, F, 0]),
     e(op::MODE_SELECT_10, &[0x55, 0x10, 0, 0, 0, 0, 0, F, F, 0]),
     e(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),

@@ -70,7 +70,7 @@ impl PortName {
         &self.buf[..usize::from(self.len)]
     }
 
-    /// The initiator device name: the port name without its ",i,0x<ISID>" part.
+    /// The initiator device name: the port name without its `,i,0x<ISID>` part.
     pub fn device_name(&self) -> &[u8] {
         let b = self.as_bytes();
         match find(b, b",i,0x") {

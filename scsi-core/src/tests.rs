@@ -2582,10 +2582,12 @@ fn sanitize_overwrite_erase_and_errors() {
     let mut h = H::new(LuConfig::new(64));
     h.run(N0, &sanitize_cdb(2, 0), 0, &[])
         .invalid_cdb(1, Some(4));
+    h.run(N0, &sanitize_cdb(3, 0), 0, &[])
+        .invalid_cdb(1, Some(4));
     let o = h.run(N0, &[0x12, 1, 0xB1, 0, 64, 0], 64, &[]);
-    assert_eq!(o.good().data[7], 0x10);
+    assert_eq!(o.good().data[7], 0);
     // Write protection and reservations.
-    let mut h = H::new(LuConfig::new(64).read_only(true));
+    let mut h = H::new(LuConfig::new(64).thin(true).read_only(true));
     h.run(N0, &sanitize_cdb(3, 0), 0, &[])
         .sense(SenseKey::DataProtect, Asc::WRITE_PROTECTED);
     let mut h = H::new(LuConfig::new(64));
@@ -2595,7 +2597,7 @@ fn sanitize_overwrite_erase_and_errors() {
 
 #[test]
 fn sanitize_in_progress_survives_resets_and_failure_mode() {
-    let mut h = H::new(LuConfig::new(64));
+    let mut h = H::new(LuConfig::new(64).thin(true));
     let s = TaskId::new(N0.0, 500);
     h.lu.submit(
         N0,

@@ -1,4 +1,5 @@
 //! SANITIZE (SBC-4 5.30): OVERWRITE, BLOCK ERASE, CRYPTOGRAPHIC ERASE and EXIT FAILURE MODE.
+//! The erases deallocate every block, so they exist on thin LUs only (LBPME = 1).
 //!
 //! The whole medium is rewritten by one [`IoOp::Sanitize`]. While it runs, every command
 //! but INQUIRY, REPORT LUNS and REQUEST SENSE ends with NOT READY, SANITIZE IN PROGRESS
@@ -71,8 +72,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                     return Err(Sense::invalid_cdb(7, None));
                 }
             }
-            0x02 if self.cfg.thin => {}
-            0x03 | 0x1F => {}
+            // The erases deallocate: they need logical block provisioning management.
+            0x02 | 0x03 if self.cfg.thin => {}
+            0x1F => {}
             _ => return Err(Sense::invalid_cdb(1, Some(4))),
         }
         if sa != 0x01 && plen != 0 {
