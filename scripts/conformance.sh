@@ -78,6 +78,10 @@ trap - EXIT
 echo "merged ($runtime):"
 python3 "$conf/summarize.py" "$out/thin/suite.log" "$out/readonly/suite.log" "$out/removable/suite.log" \
     | tee "$out/summary.txt"
+if ! grep -q 'total=230$' "$out/summary.txt"; then
+    echo "conformance ($runtime): the suite did not run completely (see $out/daemon.log)" >&2
+    exit 1
+fi
 # With KNOWN_FAILURES=FILE: fail when a test fails that the file does not list.
 if [ -n "${KNOWN_FAILURES:-}" ]; then
     new=$(grep '^fail ' "$out/summary.txt" | awk '{print $2}' | sed 's/:$//' \
