@@ -72,7 +72,6 @@ pub struct IoJob {
     /// For EXTENDED COPY: the source LUN's storage (`backend` is the destination's).
     copy_src: Option<Arc<LunBackend>>,
     slot: usize,
-    handle: TaskHandle,
     lun: Lun,
     /// The target and nexus the task belongs to: the answer goes back to scsi-core even if
     /// the connection has closed meanwhile, so the task's slot there is freed.
@@ -550,7 +549,6 @@ impl Driver {
         );
         g.drain_actions(job.nexus, &mut self.actions);
         drop(g);
-        let _ = job.handle;
         self.process(now);
     }
 
@@ -1047,7 +1045,6 @@ impl Driver {
                     backend,
                     copy_src,
                     slot: i,
-                    handle: h,
                     lun: a.lun,
                     target: b.target.clone(),
                     nexus: b.nexus,
