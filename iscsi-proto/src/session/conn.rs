@@ -722,8 +722,10 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         };
         let failure = match verdict {
             Err(DataOutError::DataSn) | Err(DataOutError::Offset) => {
-                // ErrorRecoveryLevel 0 cannot recover a sequence error.
-                return Err(self.close_now(CloseReason::SequenceError));
+                // An out-of-order Data-Out implies a lost PDU (a digest error): at
+                // ErrorRecoveryLevel 0 the task ends with CHECK CONDITION once the initiator
+                // has sent the rest (RFC 7143 sections 7.8, 7.9).
+                Some(TaskFailure::DataSequence)
             }
             Err(DataOutError::UnknownTtt) => {
                 self.reject(
@@ -1029,8 +1031,8 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         t.din_next = t.din_end;
         t.din_status = None;
         let (asc, ascq) = match reason {
-            // PROTOCOL SERVICE CRC ERROR.
-            TaskFailure::DataDigest => (0x47, 0x05),
+            // PROTOCOL SERVICE CRC ERROR (a sequence error implies a digest error).
+            TaskFailure::DataDigest | TaskFailure::DataSequence => (0x47, 0x05),
             // DATA PHASE ERROR.
             TaskFailure::DataOutProtocol => (0x4b, 0x00),
         };

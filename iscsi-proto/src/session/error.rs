@@ -18,8 +18,6 @@ pub enum CloseReason {
     LogoutTimeout,
     /// A header digest error (RFC 7143 section 7.8; ErrorRecoveryLevel 0 cannot recover).
     HeaderDigest,
-    /// An unrecoverable sequence error (e.g. a DataSN or buffer offset out of order).
-    SequenceError,
     /// A protocol error that cannot be answered with a Reject (e.g. a malformed BHS during
     /// login, a Login Request in full feature phase).
     ProtocolError,
@@ -36,7 +34,6 @@ impl fmt::Display for CloseReason {
             CloseReason::PingTimeout => "NOP-In ping timed out",
             CloseReason::LogoutTimeout => "initiator did not log out in time",
             CloseReason::HeaderDigest => "header digest error",
-            CloseReason::SequenceError => "unrecoverable sequence error",
             CloseReason::ProtocolError => "protocol error",
             CloseReason::Local => "closed locally",
         })

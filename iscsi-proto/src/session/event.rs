@@ -108,6 +108,9 @@ pub enum TaskFailure {
     /// A Data-Out for it broke the rules (data beyond the expected length or the R2T, a
     /// missing or early F bit).
     DataOutProtocol,
+    /// A Data-Out for it came out of order (DataSN or buffer offset): at ErrorRecoveryLevel 0
+    /// this is handled as the digest error it implies (RFC 7143 sections 7.8 and 7.9).
+    DataSequence,
 }
 
 /// Something the runtime must act on.

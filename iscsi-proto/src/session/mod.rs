@@ -58,8 +58,8 @@
 //! - Data-Out: unknown ITT or TTT → Reject (Invalid PDU field); unsolicited data not
 //!   allowed → Reject (Protocol error); data beyond the R2T / burst / expected length or a
 //!   wrong F bit → Reject and the task ends with CHECK CONDITION (ABORTED COMMAND, DATA
-//!   PHASE ERROR); a DataSN or buffer offset out of order → the connection closes
-//!   (ErrorRecoveryLevel 0 cannot recover a sequence error).
+//!   PHASE ERROR); a DataSN or buffer offset out of order implies a lost PDU, so the task
+//!   ends like a data digest error (below) and the connection stays up.
 //! - Digests: a header digest error closes the connection; a data digest error gets a
 //!   Reject (Data digest error) and, for write data, the task ends with CHECK CONDITION
 //!   (ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR) once the initiator has sent what it owes.

@@ -418,15 +418,15 @@ impl Task {
             if !self.unsol_open {
                 return Err(DataOutError::UnexpectedUnsolicited);
             }
-            if data_sn != self.unsol_data_sn {
-                return Err(DataOutError::DataSn);
-            }
-            if offset != self.unsol_next {
-                return Err(DataOutError::Offset);
-            }
+            let order = self.order_error(data_sn, self.unsol_data_sn, offset, self.unsol_next);
             self.unsol_data_sn = self.unsol_data_sn.wrapping_add(1);
             if final_bit {
                 self.unsol_open = false;
+            }
+            if let Some(e) = order {
+                // The sequence still advances, so its F bit is seen and the task can be
+                // answered once the initiator has sent what it owes.
+                return Err(e);
             }
             if end > self.unsol_limit {
                 self.unsol_open = false;
@@ -458,22 +458,25 @@ impl Task {
             .position(|r| r.ttt == ttt && r.sent)
             .ok_or(DataOutError::UnknownTtt)?;
         let r = self.r2ts[pos];
-        if data_sn != r.next_data_sn {
-            return Err(DataOutError::DataSn);
-        }
-        if offset != r.offset.wrapping_add(r.received) {
-            return Err(DataOutError::Offset);
-        }
+        let order = self.order_error(
+            data_sn,
+            r.next_data_sn,
+            offset,
+            r.offset.wrapping_add(r.received),
+        );
         let r2t_end = r.offset + r.len;
-        let verdict = if end > r2t_end {
+        let verdict = if let Some(e) = order {
+            Err(e)
+        } else if end > r2t_end {
             Err(DataOutError::Overrun)
         } else if (end == r2t_end) != final_bit {
             Err(DataOutError::FinalBit)
         } else {
             Ok(())
         };
-        if final_bit || verdict.is_err() {
-            // The sequence is over either way.
+        if final_bit || (verdict.is_err() && order.is_none()) {
+            // The sequence is over either way (an out-of-order PDU without the F bit leaves
+            // it open: the initiator still sends the rest of the burst).
             self.r2ts.swap_remove(pos);
         } else {
             let slot = &mut self.r2ts[pos];
@@ -490,6 +493,26 @@ impl Task {
             complete: deliver && self.write_complete(),
             sequence_closed: final_bit,
         })
+    }
+
+    /// A Data-Out's DataSN or buffer offset differs from the expected one. A closing task
+    /// (failed or aborted) only drains what the initiator still owes: order no longer matters.
+    fn order_error(
+        &self,
+        data_sn: u32,
+        want_sn: u32,
+        offset: u32,
+        want_offset: u32,
+    ) -> Option<DataOutError> {
+        if self.closing {
+            None
+        } else if data_sn != want_sn {
+            Some(DataOutError::DataSn)
+        } else if offset != want_offset {
+            Some(DataOutError::Offset)
+        } else {
+            None
+        }
     }
 
     /// Stop soliciting data: cancel unsent R2Ts and requested ranges.
@@ -749,12 +772,13 @@ mod tests {
             t.accept_data_out(RESERVED_TAG, 0, 0, 512, false),
             Err(DataOutError::UnexpectedUnsolicited)
         );
+        // Out-of-order PDUs are errors, but the sequence still advances past them.
         assert_eq!(
             t.accept_data_out(ttt, 1, 0, 512, false),
             Err(DataOutError::DataSn)
         );
         assert_eq!(
-            t.accept_data_out(ttt, 0, 512, 512, false),
+            t.accept_data_out(ttt, 1, 1024, 512, false),
             Err(DataOutError::Offset)
         );
         assert_eq!(
@@ -763,7 +787,7 @@ mod tests {
         );
         // Overrun ends the sequence.
         assert_eq!(
-            t.accept_data_out(ttt, 0, 0, 8193, true),
+            t.accept_data_out(ttt, 2, 1024, 8192, true),
             Err(DataOutError::Overrun)
         );
         assert_eq!(t.open_sequences(), 0);

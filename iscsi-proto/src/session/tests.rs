@@ -663,34 +663,90 @@ fn data_out_beyond_expected_length_is_rejected() {
     assert!(p.t.is_full_feature());
 }
 
-#[test]
-fn data_sn_gap_closes_the_connection() {
-    let mut p = Pair::new(config());
-    p.login_normal(&default_keys());
-    let (itt, _) = p.command(&CommandSpec::write(0, &WRITE10, 4096, &[]));
+/// Sends `pdus` (DataSN, offset, length, F) for a 1024-byte WRITE answered by one R2T
+/// and returns the command, its ITT, the R2T's TTT and the PDUs that follow.
+fn write_with_data_outs(
+    p: &mut Pair,
+    pdus: &[(u32, u32, usize, bool)],
+) -> (Command, u32, u32, Vec<Rx>) {
+    let (itt, _) = p.command(&CommandSpec::write(0, &WRITE10, 1024, &[]));
     let cmd = p.command_event();
     p.t.request_remaining_data(cmd.task).unwrap();
     let rx = p.recv();
     let Pdu::R2t(r) = rx[0].pdu(Digests::NONE) else {
         panic!()
     };
-    assert_eq!(
-        p.data_out(itt, r.ttt, 0, 0, &[0u8; 1024], false),
-        vec!["data"]
-    );
-    assert_eq!(
-        p.data_out(itt, r.ttt, 2, 1024, &[0u8; 1024], false),
-        vec!["error"]
-    );
-    assert_eq!(p.error, Some(ConnError::Closed(CloseReason::SequenceError)));
+    for &(sn, offset, len, f) in pdus {
+        let _ = p.data_out(itt, r.ttt, sn, offset, &vec![0xa6; len], f);
+    }
+    (cmd, itt, r.ttt, p.recv())
+}
+
+#[test]
+fn data_sn_errors_end_the_task_like_a_digest_error() {
+    // The four cases of libiscsi's iSCSIDataSnInvalid: two PDUs with DataSN 0, DataSN 27,
+    // DataSN -1, and DataSN 1 then 0. Each ends the command with CHECK CONDITION (ABORTED
+    // COMMAND, PROTOCOL SERVICE CRC ERROR) after the F bit; the connection stays up.
+    let cases: [&[(u32, u32, usize, bool)]; 4] = [
+        &[(0, 0, 512, false), (0, 512, 512, true)],
+        &[(27, 0, 1024, true)],
+        &[(u32::MAX, 0, 1024, true)],
+        &[(1, 0, 512, false), (0, 512, 512, true)],
+    ];
+    let mut p = Pair::new(config());
+    p.login_normal(&default_keys());
+    for pdus in cases {
+        let (cmd, itt, _, rx) = write_with_data_outs(&mut p, pdus);
+        assert_eq!(rx.len(), 1, "{pdus:?}");
+        let Pdu::ScsiResponse(resp) = rx[0].pdu(Digests::NONE) else {
+            panic!()
+        };
+        assert_eq!((resp.itt, resp.status), (itt, 2));
+        let sense = sense_of(&rx[0], Digests::NONE);
+        assert_eq!((sense[2], sense[12], sense[13]), (0x0b, 0x47, 0x05));
+        assert_eq!(
+            p.take_events(),
+            vec![Event::TaskFailed {
+                task: cmd.task,
+                reason: TaskFailure::DataSequence
+            }]
+        );
+        assert_eq!(
+            p.t.respond(cmd.task, ScsiStatus::GOOD, &[]),
+            Err(TaskError::Stale)
+        );
+    }
+    assert!(p.t.is_full_feature());
+    assert!(p.error.is_none());
+}
+
+#[test]
+fn data_sn_error_waits_for_the_rest_of_the_burst() {
+    let mut p = Pair::new(config());
+    p.login_normal(&default_keys());
+    // A gap in the first PDU, F bit not yet seen: no answer until the burst ends.
+    let (cmd, itt, ttt, rx) = write_with_data_outs(&mut p, &[(2, 0, 256, false)]);
+    assert!(rx.is_empty());
     assert_eq!(
         p.take_events(),
-        vec![Event::Closed {
-            reason: CloseReason::SequenceError
+        vec![Event::TaskFailed {
+            task: cmd.task,
+            reason: TaskFailure::DataSequence
         }]
     );
+    // The rest arrives out of order too; it is drained, not delivered.
+    assert_eq!(p.data_out(itt, ttt, 9, 256, &[1; 256], false), vec!["done"]);
     assert!(p.recv().is_empty());
-    assert!(p.t.is_closed());
+    assert_eq!(p.data_out(itt, ttt, 1, 768, &[1; 256], true), vec!["done"]);
+    let rx = p.recv();
+    assert_eq!(rx.len(), 1);
+    let sense = sense_of(&rx[0], Digests::NONE);
+    assert_eq!((sense[2], sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    assert!(p.take_events().is_empty());
+    // The ITT is free again and the connection serves the next command.
+    let (_, _, _, rx) = write_with_data_outs(&mut p, &[(0, 0, 1024, true)]);
+    assert!(rx.is_empty());
+    assert!(p.t.is_full_feature());
 }
 
 #[test]
