@@ -13,7 +13,8 @@
 //! - [`driver`]: the per-connection [`Driver`](driver::Driver) that ties an
 //!   `iscsi_proto::session::Connection` to scsi-core and the stores; a runtime feeds it
 //!   bytes, wake-ups and timer ticks and writes out what it returns;
-//! - [`exec`]: runs scsi-core I/O requests on a backing store and hands the answers back.
+//! - [`exec`]: runs scsi-core I/O requests on a backing store and hands the answers back;
+//! - [`persist`]: persistent reservations kept across restarts (APTPL).
 //!
 //! Runtimes contain no protocol rules: what is not socket or thread handling lives here or
 //! below.
@@ -48,6 +49,7 @@ pub mod acl;
 pub mod builder;
 pub mod driver;
 pub mod exec;
+pub mod persist;
 pub mod registry;
 
 pub use builder::{BuildError, LunOptions, TargetBuilder};

@@ -17,6 +17,7 @@ use backstore::BackingStore;
 use scsi_core::{Action, LogicalUnit, LuConfig, Lun, NexusId, TargetAction, TargetError};
 
 use crate::acl::InitiatorRule;
+use crate::persist::PrStore;
 
 /// LUNs per target.
 pub const MAX_LUNS: usize = 32;
@@ -242,6 +243,8 @@ impl std::fmt::Debug for TargetAuth {
 struct ScsiShared {
     scsi: Box<ScsiTarget>,
     mail: HashMap<NexusId, (VecDeque<TargetAction>, Option<Wake>)>,
+    /// Where reservation images persist (APTPL), and the target's name for it.
+    pr_store: Option<(Arc<dyn PrStore>, String)>,
 }
 
 /// One target.
@@ -313,6 +316,10 @@ impl ScsiGuard<'_> {
                 None => finish_orphan(&mut shared.scsi, a),
             }
         }
+        // Reservation changes persist before any response leaves.
+        if let Some((store, name)) = &shared.pr_store {
+            save_pr_changes(&mut shared.scsi, store.as_ref(), name);
+        }
         // Take what others left in our mailbox, too.
         if let Some((q, _)) = shared.mail.get_mut(&me) {
             mine.extend(q.drain(..));
@@ -335,6 +342,30 @@ fn boxed_target() -> Box<ScsiTarget> {
         .ok()
         .and_then(|h| h.join().ok())
         .unwrap_or_default()
+}
+
+/// Saves the reservation image of every LU whose state changed. A failed save is logged:
+/// the state in memory stays authoritative and the next change retries.
+fn save_pr_changes(scsi: &mut ScsiTarget, store: &dyn PrStore, name: &str) {
+    for k in 0..scsi.lun_numbers().len() {
+        let Some(&n) = scsi.lun_numbers().get(k) else {
+            break;
+        };
+        let Some(lu) = scsi.lu_mut(n) else { continue };
+        if !lu.take_pr_changed() {
+            continue;
+        }
+        let mut image = vec![0u8; 4096];
+        let len = lu.export_pr(&mut image);
+        if len > image.len() {
+            image.resize(len, 0);
+            lu.export_pr(&mut image);
+        }
+        image.truncate(len);
+        if let Err(e) = store.save(name, n, &image) {
+            log::error!("{name} lun {n}: saving persistent reservations: {e}");
+        }
+    }
 }
 
 fn finish_orphan(scsi: &mut ScsiTarget, a: TargetAction) {
@@ -361,6 +392,7 @@ impl TargetNode {
             scsi: Mutex::new(ScsiShared {
                 scsi: boxed_target(),
                 mail: HashMap::new(),
+                pr_store: None,
             }),
             luns: RwLock::new(Vec::new()),
         }
@@ -398,13 +430,32 @@ impl TargetNode {
         guard.drain_actions(nexus, &mut none);
     }
 
-    /// Adds a LUN backed by `backend`, configured by `cfg`.
+    /// Keeps persistent reservations in `store` (APTPL): LUNs added from now on start with
+    /// the state saved there, and every change is saved before the response that reports
+    /// it. Set it before adding LUNs.
+    pub fn set_pr_store(&self, store: Arc<dyn PrStore>) {
+        lock(&self.scsi).pr_store = Some((store, self.name.clone()));
+    }
+
+    /// Adds a LUN backed by `backend`, configured by `cfg`. With a [`PrStore`], its saved
+    /// reservation state is restored; an unreadable image is logged and ignored.
     pub fn add_lun(&self, backend: LunBackend, cfg: LuConfig) -> Result<(), TargetError> {
         let number = backend.info.number;
         let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
         let mut g = lock(&self.scsi);
         let mut lu = LogicalUnit::new(cfg);
         lu.set_scsi_name(&self.name);
+        if let Some((store, name)) = &g.pr_store {
+            match store.load(name, number) {
+                Ok(Some(image)) => {
+                    if let Err(e) = lu.import_pr(&image) {
+                        log::error!("{name} lun {number}: saved reservations unusable: {e}");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("{name} lun {number}: loading reservations: {e}"),
+            }
+        }
         g.scsi.add_lun(number, lu)?;
         luns.push(Arc::new(backend));
         luns.sort_by_key(|l| l.info.number);
