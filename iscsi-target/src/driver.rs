@@ -110,6 +110,32 @@ impl IoJob {
                 &mut self.scratch,
             ),
         };
+        self.finish(a, start);
+    }
+
+    /// Performs the request here if that cannot block: always on stores that never block
+    /// (memory, null), and reads the page cache holds entirely
+    /// ([`BackingStore::try_read_cached`](backstore::BackingStore::try_read_cached)).
+    /// Returns whether it ran; if not, [`IoJob::run`] it on a thread that may block.
+    pub fn try_run_nonblocking(&mut self) -> bool {
+        if matches!(self.backend.info.bstype.as_str(), "memory" | "null") {
+            self.run();
+            return true;
+        }
+        if self.copy_src.is_some() {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        match crate::exec::try_execute_cached(&*self.backend.store, &self.req, &mut self.buf) {
+            Some(a) => {
+                self.finish(a, start);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn finish(&mut self, a: IoAnswer, start: std::time::Instant) {
         let kind = match self.req.op {
             scsi_core::IoOp::Read => IoKind::Read,
             scsi_core::IoOp::Write => IoKind::Write,

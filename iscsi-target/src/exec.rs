@@ -129,6 +129,24 @@ pub fn execute(
     }
 }
 
+/// Performs `req` without blocking if it is a read the page cache holds entirely
+/// ([`BackingStore::try_read_cached`]); `None` when it must go to a thread that may block.
+pub fn try_execute_cached(
+    store: &dyn BackingStore,
+    req: &IoRequest,
+    data: &mut [u8],
+) -> Option<IoAnswer> {
+    if req.op != IoOp::Read {
+        return None;
+    }
+    let buf = data.get_mut(..len_of(req).ok()?)?;
+    match store.try_read_cached(buf, req.byte_offset())? {
+        Ok(_) => Some(IoAnswer::Complete(IoResult::Ok)),
+        // Let the blocking path produce the error with its full handling.
+        Err(_) => None,
+    }
+}
+
 /// Performs an [`IoOp::Copy`]: `req.blocks` blocks from `src` at the op's `src_lba` to `dst`
 /// at `req.lba`, through `scratch` in chunks of at most 1 MiB. `same` says both are the same
 /// store (one LU): overlapping ranges are then copied back to front when the destination
@@ -405,6 +423,38 @@ mod tests {
             data_offset: 0,
             transfer_len: (blocks * 512) as u32,
         }
+    }
+
+    #[test]
+    fn cached_reads_run_without_blocking_other_ops_do_not() {
+        // A file whose pages the page cache holds (just written through it).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun.img");
+        let opts = backstore::OpenOptions {
+            create_size: Some(1 << 20),
+            block_size: 512,
+            ..backstore::OpenOptions::default()
+        };
+        let file = backstore::FileStore::open(&path, &opts).unwrap();
+        file.write_at(&[0x5a; 4096], 8192, false).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            try_execute_cached(&file, &req(IoOp::Read, 16, 8), &mut buf),
+            Some(IoAnswer::Complete(IoResult::Ok))
+        );
+        assert_eq!(buf, vec![0x5a; 4096]);
+        // Writes, and reads past the end, go the blocking way.
+        assert_eq!(try_execute_cached(&file, &req(IoOp::Write, 16, 8), &mut buf), None);
+        assert_eq!(try_execute_cached(&file, &req(IoOp::Read, 4096, 8), &mut buf), None);
+        // A buffer too small for the request is not read into.
+        assert_eq!(try_execute_cached(&file, &req(IoOp::Read, 0, 16), &mut buf), None);
+        // A RAM disk is always "cached".
+        let mem = MemoryStore::new(1 << 20, 512).unwrap();
+        assert_eq!(
+            try_execute_cached(&mem, &req(IoOp::Read, 0, 8), &mut buf),
+            Some(IoAnswer::Complete(IoResult::Ok))
+        );
+        assert_eq!(buf, vec![0; 4096]);
     }
 
     #[derive(Default)]

@@ -598,10 +598,10 @@ impl Reactor {
             } else {
                 c.driver.handle_input(now, &mut c.rx)
             };
-            // I/O: inline for stores that never block, the pool otherwise.
+            // I/O: inline when it cannot block (page-cache hits, RAM stores), the pool
+            // otherwise.
             while let Some(mut job) = c.driver.poll_io() {
-                if job.backend.info.bstype == "memory" || job.backend.info.bstype == "null" {
-                    job.run();
+                if job.try_run_nonblocking() {
                     c.driver.io_done(now, job);
                 } else {
                     self.pool.submit(token, job);
