@@ -475,6 +475,9 @@ impl Driver {
     /// Feeds received bytes: every whole PDU at the front of `rx` is handled and removed;
     /// a partial PDU stays.
     pub fn handle_input(&mut self, now: Timestamp, rx: &mut Vec<u8>) -> InputStatus {
+        // A kill (reinstatement, cold reset, admin) also takes effect here, not only on the
+        // next wake-up: an initiator that keeps the socket busy must not outrun it.
+        self.take_kill();
         let mut start = 0usize;
         let mut status = InputStatus::NeedMore;
         while !self.conn.is_closed() && start < rx.len() {
@@ -523,13 +526,7 @@ impl Driver {
 
     /// Called when the waker fired.
     pub fn handle_wake(&mut self, now: Timestamp) {
-        if self.kill.swap(false, Ordering::AcqRel) {
-            log::info!(
-                "closing session of {} (reinstated or removed)",
-                self.ctx.peer
-            );
-            self.conn.close();
-        }
+        self.take_kill();
         let logout = self.logout_req.swap(0, Ordering::AcqRel);
         if logout != 0 && !self.conn.is_closed() {
             log::info!("asking {} to log out (admin request)", self.ctx.peer);
@@ -537,6 +534,19 @@ impl Driver {
             return;
         }
         self.process(now);
+    }
+
+    /// Closes the connection if its session was killed (see [`SessionRecord::kill`]).
+    ///
+    /// [`SessionRecord::kill`]: crate::registry::SessionRecord::kill
+    fn take_kill(&mut self) {
+        if self.kill.swap(false, Ordering::AcqRel) {
+            log::info!(
+                "closing session of {} (reinstated or removed)",
+                self.ctx.peer
+            );
+            self.conn.close();
+        }
     }
 
     /// Asks the initiator to log out within `seconds` (shutdown, target deletion).
