@@ -7,6 +7,11 @@
 # and prints the merged summary; the last line is passed=N failed=N notimpl=N skipped=N total=N.
 #
 #   scripts/conformance.sh [mio|threads] [OUTDIR]
+#
+# CONFORMANCE_LUN_SIZE (default: 256M for LUN 1, 64M for LUN 3) sizes the two writable LUNs.
+# Sanitize.Reset expects a SANITIZE that is still running 3 and 5 seconds after it started,
+# as on a real disk; that takes a LUN of several GiB here (e.g. 8G; the files are sparse
+# until the SANITIZE OVERWRITE fills them, and are removed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runtime=${1:-mio}
@@ -40,7 +45,7 @@ initiators = ["ALL"]
 [[target.lun]]
 lun = 1
 backing_store = "$out/lun1.img"
-size = "256M"
+size = "${CONFORMANCE_LUN_SIZE:-256M}"
 thin = true
 
 [[target.lun]]
@@ -52,7 +57,7 @@ readonly = true
 [[target.lun]]
 lun = 3
 backing_store = "$out/lun3.img"
-size = "64M"
+size = "${CONFORMANCE_LUN_SIZE:-64M}"
 removable = true
 thin = true
 TOML
@@ -75,6 +80,7 @@ SUITE_TESTS=SCSI.ReadOnly "$conf/run-libiscsi.sh" "$out/readonly" "$url/2" | tai
 kill -TERM $pid
 wait $pid && echo "daemon exited 0 on SIGTERM" || echo "daemon exit status $?"
 trap - EXIT
+rm -f "$out"/lun*.img
 echo "merged ($runtime):"
 python3 "$conf/summarize.py" "$out/thin/suite.log" "$out/readonly/suite.log" "$out/removable/suite.log" \
     | tee "$out/summary.txt"
