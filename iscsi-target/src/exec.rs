@@ -444,10 +444,19 @@ mod tests {
         );
         assert_eq!(buf, vec![0x5a; 4096]);
         // Writes, and reads past the end, go the blocking way.
-        assert_eq!(try_execute_cached(&file, &req(IoOp::Write, 16, 8), &mut buf), None);
-        assert_eq!(try_execute_cached(&file, &req(IoOp::Read, 4096, 8), &mut buf), None);
+        assert_eq!(
+            try_execute_cached(&file, &req(IoOp::Write, 16, 8), &mut buf),
+            None
+        );
+        assert_eq!(
+            try_execute_cached(&file, &req(IoOp::Read, 4096, 8), &mut buf),
+            None
+        );
         // A buffer too small for the request is not read into.
-        assert_eq!(try_execute_cached(&file, &req(IoOp::Read, 0, 16), &mut buf), None);
+        assert_eq!(
+            try_execute_cached(&file, &req(IoOp::Read, 0, 16), &mut buf),
+            None
+        );
         // A RAM disk is always "cached".
         let mem = MemoryStore::new(1 << 20, 512).unwrap();
         assert_eq!(
