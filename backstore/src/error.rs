@@ -146,6 +146,9 @@ pub enum OpenErrorKind {
         /// The device's logical sector size.
         sector: u32,
     },
+    /// A network store (e.g. an NBD server) could not be reached, refused the export, or
+    /// does not match the configuration; the text says why (one line).
+    Remote(String),
 }
 
 /// A store could not be opened; `Display` is one line naming the path.
@@ -207,6 +210,7 @@ impl fmt::Display for OpenError {
                 f,
                 "{p}: block size {block_size} is not a multiple of the device sector size {sector}"
             ),
+            OpenErrorKind::Remote(why) => write!(f, "{p}: {why}"),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`BackingStore`]: positional block I/O (`read_at`, `write_at` with FUA, `flush`,
 //!   `unmap`, `write_zeroes`, `lba_status`, geometry). Implementations: [`FileStore`]
 //!   (regular file or block device; `O_DIRECT`, `O_SYNC`, read-only, created sparse),
-//!   [`MemoryStore`] (thin RAM disk), [`NullStore`]. A thread-per-connection runtime calls
+//!   [`MemoryStore`] (thin RAM disk), [`NullStore`], [`NbdStore`] (a pipelined client of
+//!   a remote NBD server, reconnecting on its own). A thread-per-connection runtime calls
 //!   these methods directly.
 //! - [`BlockDevice`]: a simpler synchronous trait in block units for storage of one's own;
 //!   [`DeviceStore`] adapts it to a full [`BackingStore`].
@@ -47,7 +48,8 @@
 //! ```
 //!
 //! Unsafe code is confined to the private `sys` (system calls) and `buf` (aligned
-//! allocation) modules.
+//! allocation) modules, and with the `rbd` feature to `rbd`'s private `ffi` and `image`
+//! modules (librbd).
 
 pub mod aio;
 mod buf;
@@ -57,6 +59,8 @@ mod error;
 mod file;
 pub mod lun;
 mod memory;
+pub mod nbd;
+pub mod rbd;
 pub mod rdwr;
 mod store;
 mod sys;
@@ -70,5 +74,6 @@ pub use error::{ErrorKind, OpenError, OpenErrorKind, StoreError};
 pub use file::{FileStore, OpenOptions};
 pub use lun::{BsType, EngineTuning, LunStore, UnknownBsType};
 pub use memory::{CHUNK_SIZE, MemoryStore, NullStore};
+pub use nbd::{NbdOptions, NbdStore};
 pub use rdwr::{RdwrConfig, RdwrEngine};
 pub use store::{BackingStore, LbaStatus, check_range};

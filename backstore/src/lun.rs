@@ -1,5 +1,5 @@
 //! Opening a LUN's store and engines from its configuration (`bstype`, path, size, block
-//! size, read-only), the way the daemon does.
+//! size, read-only), the way the daemon does. For `nbd` the path is the server's URL.
 //!
 //! [`LunStore::open`] opens the store once; [`LunStore::engine`] then builds as many
 //! engines over it as the runtime wants (one per reactor, each with its own completion
@@ -16,6 +16,7 @@ use crate::engine::{Engine, InlineEngine, Notify};
 use crate::error::{OpenError, OpenErrorKind};
 use crate::file::{FileStore, OpenOptions};
 use crate::memory::{MemoryStore, NullStore};
+use crate::nbd::{NbdOptions, NbdStore};
 use crate::rdwr::{RdwrConfig, RdwrEngine};
 use crate::store::BackingStore;
 
@@ -31,17 +32,42 @@ pub enum BsType {
     Memory,
     /// [`NullStore`] run inline.
     Null,
+    /// A remote NBD server ([`NbdStore`]); the path is its URL. Calls block on the
+    /// network, so engines run it through the [`RdwrEngine`] thread pool.
+    Nbd,
 }
 
 impl BsType {
-    /// The configuration spelling: `rdwr`, `aio`, `memory`, `null`.
+    /// Every type, in the order the configuration documents them.
+    pub const ALL: [BsType; 5] = [
+        BsType::Rdwr,
+        BsType::Aio,
+        BsType::Memory,
+        BsType::Null,
+        BsType::Nbd,
+    ];
+
+    /// The configuration spelling: `rdwr`, `aio`, `memory`, `null`, `nbd`.
     pub fn as_str(self) -> &'static str {
         match self {
             BsType::Rdwr => "rdwr",
             BsType::Aio => "aio",
             BsType::Memory => "memory",
             BsType::Null => "null",
+            BsType::Nbd => "nbd",
         }
+    }
+
+    /// Whether the LUN needs a path (`rdwr`, `aio`: a file or device; `nbd`: a URL).
+    /// Memory and null stores need a size instead.
+    pub fn needs_path(self) -> bool {
+        matches!(self, BsType::Rdwr | BsType::Aio | BsType::Nbd)
+    }
+
+    /// Whether the path names a local file or block device (`rdwr`, `aio`), which may be
+    /// created, as opposed to a URL.
+    pub fn is_file(self) -> bool {
+        matches!(self, BsType::Rdwr | BsType::Aio)
     }
 }
 
@@ -59,7 +85,7 @@ impl fmt::Display for UnknownBsType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown bstype {:?} (expected rdwr, aio, memory or null)",
+            "unknown bstype {:?} (expected rdwr, aio, memory, null or nbd)",
             self.0
         )
     }
@@ -75,6 +101,7 @@ impl FromStr for BsType {
             "aio" => Ok(BsType::Aio),
             "memory" => Ok(BsType::Memory),
             "null" => Ok(BsType::Null),
+            "nbd" => Ok(BsType::Nbd),
             _ => Err(UnknownBsType(s.to_owned())),
         }
     }
@@ -110,7 +137,9 @@ impl LunStore {
     /// Open the store for `bstype`. File types need `path`; memory and null need
     /// `opts.create_size` (their `path`, if any, is only a label). `aio` opens with
     /// `O_DIRECT` and falls back to buffered I/O (with a warning) where the file system
-    /// refuses it.
+    /// refuses it. `nbd` needs `path` as the server URL (`nbd://host[:port]/export` or
+    /// `nbd+unix:///export?socket=PATH`); the size comes from the server, and
+    /// `opts.create_size`, if given, must match it.
     pub fn open(
         bstype: BsType,
         path: Option<&Path>,
@@ -142,6 +171,31 @@ impl LunStore {
                     bstype,
                     store: file.clone(),
                     file: Some(file),
+                })
+            }
+            BsType::Nbd => {
+                let Some(path) = path else {
+                    return Err(OpenError::new(
+                        "<none>",
+                        OpenErrorKind::Remote("bstype nbd needs the server URL as its path".into()),
+                    ));
+                };
+                let url = path.to_str().ok_or_else(|| {
+                    OpenError::new(path, OpenErrorKind::Remote("URL is not UTF-8".into()))
+                })?;
+                let store = NbdStore::open(
+                    url,
+                    &NbdOptions {
+                        block_size: opts.block_size,
+                        read_only: opts.read_only,
+                        expect_size: opts.create_size,
+                        ..NbdOptions::default()
+                    },
+                )?;
+                Ok(Self {
+                    bstype,
+                    store: Arc::new(store),
+                    file: None,
                 })
             }
             BsType::Memory | BsType::Null => {
@@ -187,7 +241,8 @@ impl LunStore {
         self.file.as_ref()
     }
 
-    /// A new engine over this store: rdwr pool, aio context, or inline for memory/null.
+    /// A new engine over this store: rdwr pool (rdwr, nbd), aio context, or inline for
+    /// memory/null.
     pub fn engine(&self, notify: Notify, tuning: EngineTuning) -> io::Result<Box<dyn Engine>> {
         Ok(match (self.bstype, &self.file) {
             (BsType::Aio, Some(file)) => Box::new(AioEngine::new(
@@ -197,7 +252,7 @@ impl LunStore {
                     notify,
                 },
             )?),
-            (BsType::Rdwr | BsType::Aio, _) => Box::new(RdwrEngine::new(
+            (BsType::Rdwr | BsType::Aio | BsType::Nbd, _) => Box::new(RdwrEngine::new(
                 self.store.clone(),
                 RdwrConfig {
                     threads: tuning.threads,
@@ -229,15 +284,19 @@ mod tests {
 
     #[test]
     fn bstype_parses_and_prints() {
-        for t in [BsType::Rdwr, BsType::Aio, BsType::Memory, BsType::Null] {
+        for t in BsType::ALL {
             assert_eq!(t.as_str().parse::<BsType>(), Ok(t));
             assert_eq!(t.to_string(), t.as_str());
         }
         let e = "rbd".parse::<BsType>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown bstype \"rbd\" (expected rdwr, aio, memory or null)"
+            "unknown bstype \"rbd\" (expected rdwr, aio, memory, null or nbd)"
         );
+        let paths: Vec<_> = BsType::ALL.iter().map(|t| t.needs_path()).collect();
+        assert_eq!(paths, [true, true, false, false, true]);
+        let files: Vec<_> = BsType::ALL.iter().map(|t| t.is_file()).collect();
+        assert_eq!(files, [true, true, false, false, false]);
     }
 
     #[test]
@@ -284,5 +343,9 @@ mod tests {
         assert_eq!(e.to_string(), "<memory>: size is zero");
         let e = LunStore::open(BsType::Rdwr, None, &opts).unwrap_err();
         assert_eq!(e.kind, OpenErrorKind::Os(libc::ENOENT));
+        let e = LunStore::open(BsType::Nbd, None, &opts).unwrap_err();
+        assert!(e.to_string().contains("needs the server URL"), "{e}");
+        let e = LunStore::open(BsType::Nbd, Some(&path), &opts).unwrap_err();
+        assert!(e.to_string().contains("is not an NBD URL"), "{e}");
     }
 }

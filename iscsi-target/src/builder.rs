@@ -56,6 +56,10 @@ pub struct LunOptions {
     pub removable: bool,
     /// Report thin provisioning (UNMAP, GET LBA STATUS); useful when the store deallocates.
     pub thin: bool,
+    /// log2 of logical blocks per physical block (READ CAPACITY (16) LBPPBE, the VPD Block
+    /// Limits granularity): 3 makes a 512-byte-block LUN report 4096-byte physical blocks.
+    /// 0..=15; larger values are clamped to 15.
+    pub physical_block_exponent: u8,
 }
 
 impl LunOptions {
@@ -77,12 +81,20 @@ impl LunOptions {
         self
     }
 
-    /// Options for a store: read-only and thin as the store says, not removable.
+    /// Sets [`physical_block_exponent`](Self::physical_block_exponent).
+    pub fn physical_block_exponent(mut self, exponent: u8) -> Self {
+        self.physical_block_exponent = exponent;
+        self
+    }
+
+    /// Options for a store: read-only and thin as the store says, not removable, physical
+    /// blocks the size of logical ones.
     pub fn for_store(store: &dyn BackingStore) -> Self {
         LunOptions {
             readonly: store.is_read_only(),
             removable: false,
             thin: store.is_thin(),
+            physical_block_exponent: 0,
         }
     }
 }
@@ -90,7 +102,8 @@ impl LunOptions {
 /// The scsi-core configuration of LUN `lun` of target `tid` on `store`: geometry from the
 /// store; serial `tgtrs<tid:04><lun:05>`; NAA 6 identifier `0x60014050_0000_0000 | tid << 16
 /// | lun`; transfer limits [`OPTIMAL_TRANSFER`] / [`MAX_TRANSFER`] bytes (WRITE SAME held to
-/// the same block count); read-only, removable and thin from `opts`.
+/// the same block count); read-only, removable, thin and the physical block exponent from
+/// `opts`.
 pub fn lu_config(tid: u32, lun: u16, store: &dyn BackingStore, opts: &LunOptions) -> LuConfig {
     let block = store.block_size().max(1);
     let bs = if block == 4096 {
@@ -112,6 +125,7 @@ pub fn lu_config(tid: u32, lun: u16, store: &dyn BackingStore, opts: &LunOptions
         .read_only(opts.readonly)
         .removable(opts.removable)
         .thin(opts.thin)
+        .physical_block_exponent(opts.physical_block_exponent.min(15))
         .serial(&serial)
         .naa(naa)
 }
@@ -437,5 +451,19 @@ mod tests {
             .serial("tgtrs000200005")
             .naa(0x6001_4050_0002_0005);
         assert_eq!(cfg, expect);
+        assert_eq!(cfg.physical_block_exponent, 0);
+    }
+
+    #[test]
+    fn physical_block_exponent_reaches_the_lu() {
+        let store = mem(1 << 20, 512);
+        let opts = LunOptions::default().physical_block_exponent(3).thin(true);
+        assert_eq!(opts.physical_block_exponent, 3);
+        let cfg = lu_config(1, 0, &*store, &opts);
+        assert_eq!(cfg.physical_block_exponent, 3);
+        assert_eq!(cfg.block_size, BlockSize::B512);
+        let cfg = lu_config(1, 0, &*store, &opts.physical_block_exponent(200));
+        assert_eq!(cfg.physical_block_exponent, 15);
+        assert_eq!(LunOptions::for_store(&*store).physical_block_exponent, 0);
     }
 }

@@ -12,7 +12,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::{BsType, Config, LunSection, format_size};
+use crate::config::{BsType, Config, LunSection, format_size, parse_bstype};
 use crate::control::{AccountView, Command, SessionView, TargetStatsView, TargetView, call};
 
 /// `tgt-cli target ...`.
@@ -81,7 +81,8 @@ pub enum LunCmd {
         /// when missing.
         #[arg(long, value_name = "PATH")]
         backing_store: Option<String>,
-        /// rdwr, aio, memory or null.
+        /// rdwr, aio, memory, null or nbd (then --backing-store is the server URL:
+        /// nbd://host[:port]/export or nbd+unix:///export?socket=PATH).
         #[arg(long, default_value = "rdwr")]
         bstype: String,
         /// Size such as 10G (required for memory, null and files that do not exist).
@@ -90,6 +91,10 @@ pub enum LunCmd {
         /// Logical block size: 512 or 4096.
         #[arg(long, default_value_t = 512)]
         block_size: u32,
+        /// Physical block size reported to initiators: a power-of-two multiple of the block
+        /// size (e.g. 4096 on a 512-byte-block LUN). Default: the block size.
+        #[arg(long, value_name = "BYTES")]
+        physical_block_size: Option<u32>,
         /// Write protected.
         #[arg(long)]
         readonly: bool,
@@ -308,14 +313,16 @@ fn build(cmd: AdminCmd) -> Result<(Command, Render, bool)> {
                 bstype,
                 size,
                 block_size,
+                physical_block_size,
                 readonly,
                 removable,
                 thin,
             } => {
-                // Files are named relative to where the command runs, not the daemon.
-                let needs_path = BsType::parse(&bstype).is_ok_and(BsType::needs_path);
+                // Files are named relative to where the command runs, not the daemon (an
+                // nbd URL is left alone).
+                let is_file = parse_bstype(&bstype).is_ok_and(BsType::is_file);
                 let backing_store = match backing_store {
-                    Some(p) if needs_path && !p.is_empty() => {
+                    Some(p) if is_file && !p.is_empty() => {
                         Some(absolute(Path::new(&p))?.display().to_string())
                     }
                     other => other,
@@ -326,6 +333,7 @@ fn build(cmd: AdminCmd) -> Result<(Command, Render, bool)> {
                     bstype,
                     size,
                     block_size,
+                    physical_block_size,
                     readonly,
                     removable,
                     thin,
@@ -748,6 +756,7 @@ mod tests {
             bstype: "rdwr".into(),
             size: Some("1M".into()),
             block_size: 512,
+            physical_block_size: None,
             readonly: false,
             removable: false,
             thin: false,
@@ -766,6 +775,7 @@ mod tests {
             bstype: "memory".into(),
             size: Some("1M".into()),
             block_size: 512,
+            physical_block_size: None,
             readonly: false,
             removable: false,
             thin: false,
@@ -775,5 +785,24 @@ mod tests {
             panic!("{cmd:?}")
         };
         assert_eq!(spec.backing_store.as_deref(), Some("label"));
+        // An nbd URL is left alone too; the physical block size is passed through.
+        let (cmd, _, _) = build(AdminCmd::Lun(LunCmd::New {
+            tid: 1,
+            lun: 3,
+            backing_store: Some("nbd://host:10809/exp".into()),
+            bstype: "nbd".into(),
+            size: None,
+            block_size: 512,
+            physical_block_size: Some(4096),
+            readonly: false,
+            removable: false,
+            thin: false,
+        }))
+        .unwrap();
+        let Command::LunNew { spec, .. } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(spec.backing_store.as_deref(), Some("nbd://host:10809/exp"));
+        assert_eq!(spec.physical_block_size, Some(4096));
     }
 }

@@ -108,18 +108,26 @@ pub struct TargetSection {
 pub struct LunSection {
     /// Logical unit number (0..=16383).
     pub lun: u64,
-    /// Path of the file or block device; optional (a label) for memory and null.
+    /// Path of the file or block device, or the server URL for nbd
+    /// (`nbd://host[:port]/export`, `nbd+unix:///export?socket=PATH`); optional (a label)
+    /// for memory and null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backing_store: Option<String>,
-    /// `rdwr` (default), `aio`, `memory` or `null`.
+    /// `rdwr` (default), `aio`, `memory`, `null` or `nbd`.
     #[serde(default = "default_bstype")]
     pub bstype: String,
-    /// Size such as `10G`; required for memory/null and for files that do not exist yet.
+    /// Size such as `10G`; required for memory/null and for files that do not exist yet;
+    /// optional for nbd (the server's export size; if given, it must match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
     /// 512 (default) or 4096.
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Physical block size in bytes, reported to initiators (READ CAPACITY (16), VPD Block
+    /// Limits): a power-of-two multiple of `block_size`, at most 2^15 blocks. Default: the
+    /// block size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_block_size: Option<u32>,
     /// Write protected.
     #[serde(default)]
     pub readonly: bool,
@@ -159,47 +167,48 @@ impl RuntimeKind {
     }
 }
 
-/// The backing store type of a LUN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BsType {
-    /// pread/pwrite thread pool.
-    Rdwr,
-    /// Linux native AIO.
-    Aio,
-    /// RAM disk.
-    Memory,
-    /// Zero reads, discarded writes.
-    Null,
+/// The backing store type of a LUN: backstore's, so the daemon opens exactly what the
+/// configuration names.
+pub use backstore::BsType;
+
+/// Parses a `bstype` value; the error is the reason, to follow `key = "value": `.
+pub fn parse_bstype(s: &str) -> Result<BsType, &'static str> {
+    match s.parse::<BsType>() {
+        Ok(t) => Ok(t),
+        Err(_) if s == "rbd" => Err("is not available in this build (see the scale-out issue)"),
+        Err(_) => Err("must be rdwr, aio, memory, null or nbd"),
+    }
 }
 
-impl BsType {
-    /// Parses a `bstype` value.
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        match s {
-            "rdwr" => Ok(BsType::Rdwr),
-            "aio" => Ok(BsType::Aio),
-            "memory" => Ok(BsType::Memory),
-            "null" => Ok(BsType::Null),
-            "rbd" | "nbd" => Err("is not available in this build (see the scale-out issue)"),
-            _ => Err("must be rdwr, aio, memory or null"),
-        }
-    }
+/// The most logical blocks one physical block may hold (the exponent is 4 bits).
+pub const MAX_BLOCKS_PER_PHYSICAL: u32 = 1 << 15;
 
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BsType::Rdwr => "rdwr",
-            BsType::Aio => "aio",
-            BsType::Memory => "memory",
-            BsType::Null => "null",
-        }
+/// log2(physical / logical) for `physical_block_size`; `None` means the default (equal to
+/// the block size). The error is the reason, to follow `key = value: `.
+pub fn physical_block_exponent(block_size: u32, physical: Option<u32>) -> Result<u8, String> {
+    let Some(p) = physical else {
+        return Ok(0);
+    };
+    let ratio = p / block_size.max(1);
+    if p == 0
+        || p % block_size.max(1) != 0
+        || !ratio.is_power_of_two()
+        || ratio > MAX_BLOCKS_PER_PHYSICAL
+    {
+        return Err(format!(
+            "must be a power-of-two multiple of block_size {block_size}, \
+             at most {MAX_BLOCKS_PER_PHYSICAL} blocks"
+        ));
     }
+    Ok(ratio.trailing_zeros() as u8)
+}
 
-    /// Whether the store needs a path.
-    pub fn needs_path(self) -> bool {
-        matches!(self, BsType::Rdwr | BsType::Aio)
+/// Checks `backing_store` for `bstype`: an NBD URL must parse (the reason otherwise).
+pub fn check_backing_store(bstype: BsType, path: &str) -> Result<(), String> {
+    if bstype == BsType::Nbd {
+        backstore::nbd::NbdUrl::parse(path)?;
     }
+    Ok(())
 }
 
 /// Parses a size such as `10G`, `512M`, `1T` or `4096` (whole numbers, optional `B` / `iB`
@@ -269,6 +278,8 @@ pub struct LunSpec {
     pub size: Option<u64>,
     /// Logical block size.
     pub block_size: u32,
+    /// log2(logical blocks per physical block), from `physical_block_size`.
+    pub physical_block_exponent: u8,
     /// Write protected.
     pub readonly: bool,
     /// Removable medium.
@@ -495,8 +506,8 @@ fn validate_lun(key: &str, l: &LunSection) -> Result<LunSpec, ConfigError> {
             format_args!("must be 0..={MAX_LUN}"),
         ));
     }
-    let bstype = BsType::parse(&l.bstype)
-        .map_err(|why| err(format_args!("{key}.bstype"), &l.bstype, why))?;
+    let bstype =
+        parse_bstype(&l.bstype).map_err(|why| err(format_args!("{key}.bstype"), &l.bstype, why))?;
     if !matches!(l.block_size, 512 | 4096) {
         return Err(err(
             format_args!("{key}.block_size"),
@@ -504,6 +515,14 @@ fn validate_lun(key: &str, l: &LunSection) -> Result<LunSpec, ConfigError> {
             "must be 512 or 4096",
         ));
     }
+    let physical_block_exponent = physical_block_exponent(l.block_size, l.physical_block_size)
+        .map_err(|why| {
+            err(
+                format_args!("{key}.physical_block_size"),
+                l.physical_block_size.unwrap_or(0),
+                why,
+            )
+        })?;
     let size = match &l.size {
         None => None,
         Some(s) => {
@@ -526,6 +545,10 @@ fn validate_lun(key: &str, l: &LunSection) -> Result<LunSpec, ConfigError> {
             format_args!("is required for bstype {}", bstype.as_str()),
         ));
     }
+    if let Some(p) = &path {
+        check_backing_store(bstype, p)
+            .map_err(|why| err(format_args!("{key}.backing_store"), p, why))?;
+    }
     if !bstype.needs_path() && size.is_none() {
         return Err(err(
             format_args!("{key}.size"),
@@ -539,6 +562,7 @@ fn validate_lun(key: &str, l: &LunSection) -> Result<LunSpec, ConfigError> {
         path,
         size,
         block_size: l.block_size,
+        physical_block_exponent,
         readonly: l.readonly,
         removable: l.removable,
         thin: l.thin,
@@ -651,7 +675,7 @@ thin = true
         let expect = [
             "target[0].lun[0].size = \"10Q\": has an unknown unit",
             "target[0].lun[0].block_size = 1000: must be 512 or 4096",
-            "target[0].lun[0].bstype = \"tape\": must be rdwr, aio, memory or null",
+            "target[0].lun[0].bstype = \"tape\": must be rdwr, aio, memory, null or nbd",
             "target[0].tid = 0: must be 1 or more",
             "daemon.listen[0] = \"nowhere\": is not ADDR:PORT",
             "daemon.runtime = \"tokio\": must be mio or threads",
@@ -712,6 +736,95 @@ thin = true
             validate(&same)
                 .unwrap_err()
                 .contains("must not share its secret")
+        );
+    }
+
+    #[test]
+    fn nbd_luns() {
+        let base = FULL.replace("bstype = \"rdwr\"", "bstype = \"nbd\"");
+        let tcp = base
+            .replace("/var/lib/tgt-rs/disk1.img", "nbd://10.0.0.5/vol1")
+            .replace("size = \"10G\"\n", "");
+        let l = &validate(&tcp).unwrap().targets[0].luns[0];
+        assert_eq!(l.bstype, BsType::Nbd);
+        assert_eq!(l.path.as_deref(), Some("nbd://10.0.0.5/vol1"));
+        assert_eq!(l.size, None, "the size comes from the server");
+        let unix = base.replace(
+            "/var/lib/tgt-rs/disk1.img",
+            "nbd+unix:///vol1?socket=/run/nbd.sock",
+        );
+        let l = &validate(&unix).unwrap().targets[0].luns[0];
+        assert_eq!(
+            l.size,
+            Some(10 << 30),
+            "a given size is checked against the server's"
+        );
+        let bad = base.replace("/var/lib/tgt-rs/disk1.img", "/var/lib/disk.img");
+        let e = validate(&bad).unwrap_err();
+        assert!(
+            e.starts_with(
+                "target[0].lun[0].backing_store = \"/var/lib/disk.img\": is not an NBD URL"
+            ),
+            "{e}"
+        );
+        let e =
+            validate(&base.replace("/var/lib/tgt-rs/disk1.img", "nbd+unix:///vol1")).unwrap_err();
+        assert!(e.ends_with("nbd+unix:// needs ?socket=PATH"), "{e}");
+        let none = base.replace("backing_store = \"/var/lib/tgt-rs/disk1.img\"\n", "");
+        assert!(
+            validate(&none)
+                .unwrap_err()
+                .contains("backing_store = \"\": is required for bstype nbd")
+        );
+        assert_eq!(parse_bstype("nbd"), Ok(BsType::Nbd));
+        assert_eq!(parse_bstype("rdwr"), Ok(BsType::Rdwr));
+    }
+
+    #[test]
+    fn physical_block_size() {
+        let with =
+            |v: &str| FULL.replace("block_size = 512\n", &format!("block_size = 512\n{v}\n"));
+        let l = &validate(&with("physical_block_size = 4096"))
+            .unwrap()
+            .targets[0]
+            .luns[0];
+        assert_eq!((l.block_size, l.physical_block_exponent), (512, 3));
+        let l = &validate(FULL).unwrap().targets[0].luns[0];
+        assert_eq!(l.physical_block_exponent, 0);
+        let l = &validate(&with("physical_block_size = 512"))
+            .unwrap()
+            .targets[0]
+            .luns[0];
+        assert_eq!(l.physical_block_exponent, 0);
+        let l = &validate(&with("physical_block_size = 16777216"))
+            .unwrap()
+            .targets[0]
+            .luns[0];
+        assert_eq!(l.physical_block_exponent, 15);
+        for bad in [0u32, 1000, 256, 1536, 33554432] {
+            let e = validate(&with(&format!("physical_block_size = {bad}"))).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "target[0].lun[0].physical_block_size = {bad}: must be a power-of-two \
+                     multiple of block_size 512, at most 32768 blocks"
+                )
+            );
+        }
+        assert_eq!(physical_block_exponent(4096, Some(4096)), Ok(0));
+        assert_eq!(physical_block_exponent(4096, Some(65536)), Ok(4));
+        assert_eq!(physical_block_exponent(4096, None), Ok(0));
+        // `config save` writes it back only when set.
+        let c = Config::from_toml(&with("physical_block_size = 4096")).unwrap();
+        assert_eq!(c.targets[0].luns[0].physical_block_size, Some(4096));
+        let text = c.to_toml();
+        assert!(text.contains("physical_block_size = 4096"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+        assert!(
+            !Config::from_toml(FULL)
+                .unwrap()
+                .to_toml()
+                .contains("physical")
         );
     }
 

@@ -47,7 +47,8 @@ use serde_json::Value;
 
 use crate::config::{
     Account, BsType, Config, InitiatorRule, LunSection, LunSpec, MAX_LUN, MAX_SECRET_LEN,
-    MIN_SECRET_LEN, TargetSection, Validated, parse_size, validate_iscsi_name,
+    MIN_SECRET_LEN, TargetSection, Validated, check_backing_store, parse_bstype, parse_size,
+    physical_block_exponent, validate_iscsi_name,
 };
 use crate::daemon::{lu_config, open_store};
 
@@ -870,11 +871,11 @@ impl<'a> Control<'a> {
             ));
         }
         let mut created = None;
-        if let (true, Some(p)) = (l.bstype.needs_path(), &l.path) {
+        if let (true, Some(p)) = (l.bstype.is_file(), &l.path) {
             let path = Path::new(p);
             for o in &self.config.targets {
                 for x in &o.luns {
-                    let same_type = BsType::parse(&x.bstype).is_ok_and(BsType::needs_path);
+                    let same_type = parse_bstype(&x.bstype).is_ok_and(BsType::is_file);
                     if same_type && x.backing_store.as_deref() == Some(p.as_str()) {
                         return Err(format!(
                             "--backing-store {p:?}: is already used by target {} LUN {}",
@@ -1323,13 +1324,20 @@ pub fn validate_lun_request(l: &LunSection) -> Result<LunSpec, String> {
         return Err(format!("--lun {}: must be 0..={MAX_LUN}", l.lun));
     }
     let bstype =
-        BsType::parse(&l.bstype).map_err(|why| format!("--bstype {:?}: {why}", l.bstype))?;
+        parse_bstype(&l.bstype).map_err(|why| format!("--bstype {:?}: {why}", l.bstype))?;
     if !matches!(l.block_size, 512 | 4096) {
         return Err(format!(
             "--block-size {}: must be 512 or 4096",
             l.block_size
         ));
     }
+    let physical_block_exponent = physical_block_exponent(l.block_size, l.physical_block_size)
+        .map_err(|why| {
+            format!(
+                "--physical-block-size {}: {why}",
+                l.physical_block_size.unwrap_or(0)
+            )
+        })?;
     let size = match &l.size {
         None => None,
         Some(s) => {
@@ -1350,6 +1358,9 @@ pub fn validate_lun_request(l: &LunSection) -> Result<LunSpec, String> {
             bstype.as_str()
         ));
     }
+    if let Some(p) = &path {
+        check_backing_store(bstype, p).map_err(|why| format!("--backing-store {p:?}: {why}"))?;
+    }
     if !bstype.needs_path() && size.is_none() {
         return Err(format!(
             "--size: is required for bstype {}",
@@ -1362,6 +1373,7 @@ pub fn validate_lun_request(l: &LunSection) -> Result<LunSpec, String> {
         path,
         size,
         block_size: l.block_size,
+        physical_block_exponent,
         readonly: l.readonly,
         removable: l.removable,
         thin: l.thin,
@@ -1729,6 +1741,30 @@ mod tests {
     }
 
     #[test]
+    fn lun_request_physical_block_size() {
+        let mut l = LunSection {
+            lun: 4,
+            backing_store: None,
+            bstype: "memory".into(),
+            size: Some("1M".into()),
+            block_size: 512,
+            physical_block_size: Some(4096),
+            readonly: false,
+            removable: false,
+            thin: false,
+        };
+        assert_eq!(validate_lun_request(&l).unwrap().physical_block_exponent, 3);
+        l.physical_block_size = Some(3000);
+        assert_eq!(
+            validate_lun_request(&l).unwrap_err(),
+            "--physical-block-size 3000: must be a power-of-two multiple of block_size 512, \
+             at most 32768 blocks"
+        );
+        l.physical_block_size = None;
+        assert_eq!(validate_lun_request(&l).unwrap().physical_block_exponent, 0);
+    }
+
+    #[test]
     fn luns_are_checked_then_added_and_removed() {
         with_control(|c, reg| {
             let lun =
@@ -1740,6 +1776,7 @@ mod tests {
                         bstype: bstype.into(),
                         size: size.map(str::to_string),
                         block_size: 512,
+                        physical_block_size: None,
                         readonly: false,
                         removable: false,
                         thin: false,
@@ -1766,6 +1803,15 @@ mod tests {
                 (
                     lun(99999, "null", None, Some("1M")),
                     "--lun 99999: must be 0..=16383",
+                ),
+                (
+                    lun(2, "nbd", Some("/x.img"), None),
+                    "--backing-store \"/x.img\": is not an NBD URL \
+                     (nbd://host[:port]/export or nbd+unix:///export?socket=PATH)",
+                ),
+                (
+                    lun(2, "nbd", None, None),
+                    "--backing-store: is required for bstype nbd",
                 ),
             ] {
                 assert_eq!(err(c.handle(cmd)), want);

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use backstore::{BackingStore, FileStore, MemoryStore, NullStore, OpenOptions};
+use backstore::{BackingStore, LunStore, OpenOptions};
 use iscsi_target::builder::LunOptions;
 use iscsi_target::driver::DriverConfig;
 use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth, TargetNode};
 use scsi_core::LuConfig;
 
-use crate::config::{BsType, Config, LunSpec, RuntimeKind, TargetSpec, Validated};
+use crate::config::{Config, LunSpec, RuntimeKind, TargetSpec, Validated};
 use crate::control::{self, Control, Portals};
 
 /// The largest data transfer of one command, in bytes (VPD Block Limits).
@@ -23,46 +23,27 @@ pub const MAX_TRANSFER: u32 = iscsi_target::builder::MAX_TRANSFER;
 /// How long initiators get to log out at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Opens a LUN's backing store as its spec says (creating a missing file sparse at `size`).
+/// Opens a LUN's backing store as its spec says, through [`LunStore::open`]: files are
+/// created sparse at `size` when missing (never for a read-only LUN), `aio` falls back to
+/// buffered I/O where `O_DIRECT` is refused, `nbd` connects to the server at the URL.
 pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
-    let bs = spec.block_size;
-    Ok(match spec.bstype {
-        BsType::Memory => Arc::new(MemoryStore::new(spec.size.unwrap_or(0), bs)?),
-        BsType::Null => Arc::new(NullStore::new(spec.size.unwrap_or(0), bs)?),
-        BsType::Rdwr | BsType::Aio => {
-            let path = spec
-                .path
-                .as_deref()
-                .ok_or_else(|| anyhow!("no backing_store path"))?;
-            if spec.readonly && !Path::new(path).exists() {
-                return Err(anyhow!(
-                    "backing_store {path:?} does not exist (a read-only LUN is never created)"
-                ));
-            }
-            let opts = OpenOptions {
-                read_only: spec.readonly,
-                create_size: spec.size,
-                block_size: bs,
-                direct: spec.bstype == BsType::Aio,
-                ..OpenOptions::default()
-            };
-            let store = match FileStore::open(path, &opts) {
-                Err(e) if opts.direct => {
-                    // Some filesystems (tmpfs) refuse O_DIRECT: fall back to buffered I/O.
-                    log::warn!("{path}: {e}; opening without O_DIRECT");
-                    FileStore::open(
-                        path,
-                        &OpenOptions {
-                            direct: false,
-                            ..opts
-                        },
-                    )?
-                }
-                r => r?,
-            };
-            Arc::new(store)
+    let path = spec.path.as_deref();
+    if spec.bstype.is_file() {
+        let p = path.ok_or_else(|| anyhow!("no backing_store path"))?;
+        if spec.readonly && !Path::new(p).exists() {
+            return Err(anyhow!(
+                "backing_store {p:?} does not exist (a read-only LUN is never created)"
+            ));
         }
-    })
+    }
+    let opts = OpenOptions {
+        read_only: spec.readonly,
+        create_size: spec.size,
+        block_size: spec.block_size,
+        ..OpenOptions::default()
+    };
+    let lun = LunStore::open(spec.bstype, path.map(Path::new), &opts)?;
+    Ok(lun.store().clone())
 }
 
 /// Builds one LU's scsi-core configuration: the library's defaults
@@ -71,7 +52,8 @@ pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig
     let opts = LunOptions::default()
         .readonly(spec.readonly)
         .removable(spec.removable)
-        .thin(spec.thin);
+        .thin(spec.thin)
+        .physical_block_exponent(spec.physical_block_exponent);
     iscsi_target::builder::lu_config(tid, spec.lun as u16, store, &opts)
 }
 
