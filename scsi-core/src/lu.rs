@@ -181,6 +181,13 @@ pub struct LogicalUnit<const TASKS: usize, const NEXUS: usize> {
     /// The initiator (device name) that requested the last TARGET COLD RESET: its first
     /// new nexus afterwards gets no POWER ON unit attention (it knows of the reset).
     cold_reset_by: Option<crate::pr::PortName>,
+    /// Whether [`Self::poll_action_lun`] may find work: set whenever a task is queued,
+    /// becomes pending or is freed (which may unblock queued ones), cleared when a poll
+    /// finds nothing. Saves scanning the task table of an idle LU on every poll.
+    ready_hint: bool,
+    /// One past the highest occupied task slot: scans of the task table stop there (tasks
+    /// take the lowest free slot, so this stays near the queue depth).
+    hi: usize,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
     copy_results: [Option<copy::CopyResult>; copy::COPY_RESULTS],
     copy_next: usize,
@@ -214,6 +221,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             copy_results: [None; copy::COPY_RESULTS],
             copy_next: 0,
             cold_reset_by: None,
+            ready_hint: false,
+            hi: 0,
             sanitize: sanitize::SanitizeState {
                 running: None,
                 failed: false,
@@ -372,9 +381,21 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     }
 
     fn task_index(&self, id: TaskId) -> Option<usize> {
-        self.tasks
+        self.live()
             .iter()
             .position(|t| t.as_ref().is_some_and(|t| t.id == id))
+    }
+
+    /// The task slots that can be occupied (`..hi`).
+    fn live(&self) -> &[Option<Task>] {
+        self.tasks.get(..self.hi).unwrap_or(&self.tasks)
+    }
+
+    /// Lowers `hi` past freed slots at the top.
+    fn shrink_hi(&mut self) {
+        while self.hi > 0 && self.tasks.get(self.hi - 1).is_some_and(|t| t.is_none()) {
+            self.hi -= 1;
+        }
     }
 
     /// Submit a command. `cdb` is the CDB as received (the 16-byte iSCSI field, possibly
@@ -453,6 +474,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         } else {
             None
         };
+        self.ready_hint = true;
+        self.hi = self.hi.max(slot + 1);
         self.tasks[slot] = Some(Task {
             id,
             lun,
@@ -485,12 +508,19 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     }
 
     pub(crate) fn poll_action_lun(&mut self) -> Option<(crate::lun::Lun, Action)> {
+        if !self.ready_hint {
+            return None;
+        }
         loop {
             if let Some(i) = self.oldest(|t| t.phase == Phase::Pending) {
                 let lun = self.tasks[i].as_ref().map_or(crate::lun::Lun(0), |t| t.lun);
                 return Some((lun, self.hand_out(i)));
             }
-            let i = self.next_startable()?;
+            let Some(i) = self.next_startable() else {
+                // Nothing pending or startable until a task is queued, pends or ends.
+                self.ready_hint = false;
+                return None;
+            };
             self.start(i);
         }
     }
@@ -498,7 +528,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     /// Index of the matching task that should go first: HEAD OF QUEUE, then lowest sequence.
     fn oldest(&self, f: impl Fn(&Task) -> bool) -> Option<usize> {
         let mut best: Option<(usize, bool, u64)> = None;
-        for (i, t) in self.tasks.iter().enumerate() {
+        for (i, t) in self.live().iter().enumerate() {
             let Some(t) = t else { continue };
             if !f(t) {
                 continue;
@@ -520,7 +550,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let mut oldest = u64::MAX;
         let mut oldest_ordered = u64::MAX;
         let mut any_queued = false;
-        for t in self.tasks.iter().flatten() {
+        for t in self.live().iter().flatten() {
             oldest = oldest.min(t.seq);
             if t.attr == TaskAttr::Ordered {
                 oldest_ordered = oldest_ordered.min(t.seq);
@@ -531,7 +561,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             return None;
         }
         let mut best: Option<(usize, bool, u64)> = None;
-        for (i, t) in self.tasks.iter().enumerate() {
+        for (i, t) in self.live().iter().enumerate() {
             let Some(t) = t else { continue };
             if t.phase != Phase::Queued || !self.may_start(t, oldest, oldest_ordered) {
                 continue;
@@ -562,7 +592,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 let Some((b0, b1, bw)) = t.range else {
                     return true;
                 };
-                !self.tasks.iter().flatten().any(|o| {
+                !self.live().iter().flatten().any(|o| {
                     if o.seq >= t.seq {
                         return false;
                     }
@@ -607,7 +637,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 sense,
                 residual,
             } => {
-                self.tasks[i] = None;
+                self.free(i);
                 Action::Complete {
                     task: id,
                     status,
@@ -622,6 +652,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         if let Some(t) = self.tasks[i].as_mut() {
             t.pend = p;
             t.phase = Phase::Pending;
+            self.ready_hint = true;
         }
     }
 
@@ -1670,7 +1701,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             self.sanitize_done(task, result == IoResult::Ok);
         }
         if t.phase == Phase::Aborted {
-            self.tasks[i] = None;
+            self.free(i);
             return Ok(());
         }
         if t.phase != Phase::WaitIo {
@@ -1698,7 +1729,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let i = self.task_index(task).ok_or(CallbackError::UnknownTask)?;
         let t = self.tasks[i].ok_or(CallbackError::UnknownTask)?;
         if t.phase == Phase::Aborted {
-            self.tasks[i] = None;
+            self.free(i);
             return Ok(());
         }
         if t.phase != Phase::WaitIo {
@@ -1748,7 +1779,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         let i = self.task_index(task).ok_or(CallbackError::UnknownTask)?;
         let t = self.tasks[i].ok_or(CallbackError::UnknownTask)?;
         if t.phase == Phase::Aborted {
-            self.tasks[i] = None;
+            self.free(i);
             return Ok(());
         }
         if t.phase != Phase::WaitIo || !matches!(t.cdb.opcode(), op::SERVICE_ACTION_IN_16) {
@@ -1789,7 +1820,19 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
                 out.aborted += 1;
             }
         }
+        // Freed tasks may have held back queued ones.
+        self.ready_hint = true;
+        self.shrink_hi();
         out
+    }
+
+    /// Frees task slot `i`; queued tasks it held back may start now.
+    fn free(&mut self, i: usize) {
+        if let Some(slot) = self.tasks.get_mut(i) {
+            *slot = None;
+        }
+        self.ready_hint = true;
+        self.shrink_hi();
     }
 
     /// ABORT TASK: drop one task (no response will be produced for it).

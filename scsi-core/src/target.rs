@@ -48,6 +48,13 @@ impl core::error::Error for TargetError {}
 /// qualifier 011b, REPORT LUNS, LOGICAL UNIT NOT SUPPORTED for everything else).
 pub struct Target<const LUNS: usize, const TASKS: usize, const NEXUS: usize> {
     luns: [Option<(u16, LogicalUnit<TASKS, NEXUS>)>; LUNS],
+    /// The LUN number in each slot of `luns`: a lookup scans this small array instead of
+    /// touching every (large) LU.
+    numbers: [Option<u16>; LUNS],
+    /// Slots whose LU may have an action ready (set whenever an LU is handed out mutably,
+    /// cleared when its poll finds nothing), and the same for the "not present" LU.
+    maybe: [bool; LUNS],
+    maybe_absent: bool,
     inventory: [u16; LUNS],
     inv_len: usize,
     absent: LogicalUnit<TASKS, NEXUS>,
@@ -67,6 +74,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     pub fn new() -> Self {
         Target {
             luns: [const { None }; LUNS],
+            numbers: [None; LUNS],
+            maybe: [false; LUNS],
+            maybe_absent: false,
             inventory: [0; LUNS],
             inv_len: 0,
             absent: {
@@ -100,6 +110,8 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
             other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
         }
         self.luns[slot] = Some((number, lu));
+        self.numbers[slot] = Some(number);
+        self.mark_all();
         self.rebuild_inventory();
         Ok(())
     }
@@ -109,6 +121,8 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     pub fn remove_lun(&mut self, number: u16) -> Result<LogicalUnit<TASKS, NEXUS>, TargetError> {
         let i = self.index(number).ok_or(TargetError::NoSuchLun)?;
         let (_, lu) = self.luns[i].take().ok_or(TargetError::NoSuchLun)?;
+        self.numbers[i] = None;
+        self.mark_all();
         for (_, other) in self.luns.iter_mut().flatten() {
             other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
         }
@@ -128,6 +142,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         let lun0 = self.index(0).is_none();
         let count = u16::try_from(n).unwrap_or(u16::MAX);
         self.absent.set_report_luns(count, lun0);
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             lu.set_report_luns(count, lun0);
         }
@@ -141,9 +156,13 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     }
 
     fn index(&self, number: u16) -> Option<usize> {
-        self.luns
-            .iter()
-            .position(|l| l.as_ref().is_some_and(|(n, _)| *n == number))
+        self.numbers.iter().position(|n| *n == Some(number))
+    }
+
+    /// Every LU may have work now (after a call that reached all of them).
+    fn mark_all(&mut self) {
+        self.maybe = [true; LUNS];
+        self.maybe_absent = true;
     }
 
     /// The LU with this number.
@@ -155,22 +174,30 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// The LU with this number, mutably (capacity changes, raising unit attentions).
     pub fn lu_mut(&mut self, number: u16) -> Option<&mut LogicalUnit<TASKS, NEXUS>> {
         let i = self.index(number)?;
+        self.maybe[i] = true;
         self.luns[i].as_mut().map(|(_, l)| l)
     }
 
     fn route(&mut self, lun: Lun) -> &mut LogicalUnit<TASKS, NEXUS> {
         match lun.number().and_then(|n| self.index(n)) {
-            Some(i) => match &mut self.luns[i] {
-                Some((_, l)) => l,
-                None => &mut self.absent,
-            },
-            None => &mut self.absent,
+            Some(i) => {
+                self.maybe[i] = true;
+                match &mut self.luns[i] {
+                    Some((_, l)) => l,
+                    None => &mut self.absent,
+                }
+            }
+            None => {
+                self.maybe_absent = true;
+                &mut self.absent
+            }
         }
     }
 
     /// Register a nexus with every LU.
     pub fn add_nexus(&mut self, id: NexusId) -> Result<(), NexusError> {
         let mut r = Ok(());
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             if let Err(e) = lu.add_nexus(id) {
                 r = Err(e);
@@ -192,6 +219,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         relative_target_port: u16,
     ) -> Result<(), NexusError> {
         let mut r = Ok(());
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             if let Err(e) = lu.add_nexus_with_port(id, initiator_port, relative_target_port) {
                 r = Err(e);
@@ -203,6 +231,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// Forget a nexus everywhere (its tasks are aborted, PREVENT released).
     pub fn remove_nexus(&mut self, id: NexusId) -> TmfOutcome {
         let mut out = self.absent.remove_nexus(id);
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             add(&mut out, lu.remove_nexus(id));
         }
@@ -230,17 +259,32 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         let n = LUNS + 1;
         for k in 0..n {
             let idx = (self.next + k) % n;
+            let maybe = if idx == LUNS {
+                &mut self.maybe_absent
+            } else {
+                &mut self.maybe[idx]
+            };
+            if !*maybe {
+                continue;
+            }
             let lu = if idx == LUNS {
                 &mut self.absent
             } else {
                 match &mut self.luns[idx] {
                     Some((_, l)) => l,
-                    None => continue,
+                    None => {
+                        self.maybe[idx] = false;
+                        continue;
+                    }
                 }
             };
-            if let Some((lun, action)) = lu.poll_action_lun() {
-                self.next = (idx + 1) % n;
-                return Some(TargetAction { lun, action });
+            match lu.poll_action_lun() {
+                Some((lun, action)) => {
+                    self.next = (idx + 1) % n;
+                    return Some(TargetAction { lun, action });
+                }
+                None if idx == LUNS => self.maybe_absent = false,
+                None => self.maybe[idx] = false,
             }
         }
         None
@@ -273,19 +317,10 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         task: TaskId,
         buf: &mut [u8],
     ) -> Result<usize, CallbackError> {
-        let inv = &self.inventory[..self.inv_len];
-        let lu = match lun.number().and_then(|n| {
-            self.luns
-                .iter()
-                .position(|l| l.as_ref().is_some_and(|(x, _)| *x == n))
-        }) {
-            Some(i) => match &mut self.luns[i] {
-                Some((_, l)) => l,
-                None => &mut self.absent,
-            },
-            None => &mut self.absent,
-        };
-        lu.emit_data_in_with_luns(task, buf, inv)
+        let inv = self.inventory;
+        let len = self.inv_len;
+        self.route(lun)
+            .emit_data_in_with_luns(task, buf, &inv[..len])
     }
 
     /// See [`LogicalUnit::complete_io`].
@@ -351,6 +386,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// runtime drops the connections of a cold reset itself.
     pub fn target_reset_by(&mut self, by: NexusId, cold: bool) -> TmfOutcome {
         let mut out = self.absent.target_reset_by(Some(by), cold);
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             add(&mut out, lu.target_reset_by(Some(by), cold));
         }
@@ -360,6 +396,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// I_T NEXUS RESET: on every LU.
     pub fn nexus_reset(&mut self, nexus: NexusId) -> TmfOutcome {
         let mut out = self.absent.abort_task_set(nexus);
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             add(&mut out, lu.nexus_reset(nexus));
         }
@@ -369,6 +406,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// TARGET RESET: a LOGICAL UNIT RESET of every LU.
     pub fn target_reset(&mut self) -> TmfOutcome {
         let mut out = self.absent.lu_reset();
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             add(&mut out, lu.lu_reset());
         }
@@ -377,6 +415,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// Raise a unit attention on every LU for every nexus.
     pub fn raise_unit_attention(&mut self, ua: UnitAttention) {
+        self.mark_all();
         for (_, lu) in self.luns.iter_mut().flatten() {
             lu.raise_unit_attention(ua);
         }
