@@ -560,6 +560,7 @@ pub struct Registry {
     portals: RwLock<Vec<SocketAddr>>,
     sessions: Mutex<Sessions>,
     next_nexus: AtomicU32,
+    pr_store: RwLock<Option<Arc<dyn PrStore>>>,
     /// Target portal group tag reported in SendTargets.
     pub tpgt: u16,
 }
@@ -616,8 +617,30 @@ impl Registry {
                 ..Sessions::default()
             }),
             next_nexus: AtomicU32::new(1),
+            pr_store: RwLock::new(None),
             tpgt: 1,
         }
+    }
+
+    /// Keeps persistent reservations (APTPL) of targets created with
+    /// [`Registry::new_target`] in `store`.
+    pub fn set_pr_store(&self, store: Arc<dyn PrStore>) {
+        *self.pr_store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    /// A new target node, wired to the registry's reservation store if it has one. Add
+    /// its LUNs, then [`Registry::add_target`] it.
+    pub fn new_target(&self, tid: u32, name: &str) -> TargetNode {
+        let node = TargetNode::new(tid, name);
+        if let Some(s) = self
+            .pr_store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            node.set_pr_store(s);
+        }
+        node
     }
 
     /// Adds a target.

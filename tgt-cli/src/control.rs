@@ -719,7 +719,7 @@ impl<'a> Control<'a> {
         });
         Self::check(&next)?;
         self.registry
-            .add_target(TargetNode::new(tid, &name))
+            .add_target(self.registry.new_target(tid, &name))
             .map_err(|e| e.to_string())?;
         self.config = next;
         Ok(Value::Null)
@@ -1504,7 +1504,7 @@ mod tests {
 
     fn with_control(f: impl FnOnce(&mut Control<'_>, &Registry)) {
         let config = base_config();
-        let registry = build_registry(&config.validate().unwrap()).unwrap();
+        let registry = build_registry(&config.validate().unwrap(), None).unwrap();
         let mut portals = FakePortals {
             list: vec!["127.0.0.1:3260".parse().unwrap()],
             next: 0,

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, anyhow};
 use backstore::{BackingStore, LunStore, OpenOptions};
 use iscsi_target::builder::LunOptions;
 use iscsi_target::driver::DriverConfig;
-use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth, TargetNode};
+use iscsi_target::persist::FilePrStore;
+use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry, TargetAuth};
 use scsi_core::LuConfig;
 
 use crate::config::{Config, LunSpec, RuntimeKind, TargetSpec, Validated};
@@ -59,7 +60,7 @@ pub fn lu_config(tid: u32, spec: &LunSpec, store: &dyn BackingStore) -> LuConfig
 
 /// Adds a target and its LUNs to the registry.
 pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
-    let node = TargetNode::new(t.tid, &t.name);
+    let node = registry.new_target(t.tid, &t.name);
     node.set_acl(t.initiators.clone());
     node.set_auth(TargetAuth {
         incoming: t.incoming.clone(),
@@ -92,9 +93,28 @@ pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
     Ok(())
 }
 
+/// Where persistent reservations (APTPL) live: a directory beside the config file,
+/// named after it (`/etc/tgt-rs/targets.toml` → `/etc/tgt-rs/targets.reservations/`).
+pub fn reservations_dir(config_path: &Path) -> PathBuf {
+    let stem = config_path
+        .file_stem()
+        .map_or_else(|| "tgt-rs".into(), |s| s.to_string_lossy().into_owned());
+    config_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(format!("{stem}.reservations"))
+}
+
 /// Builds the whole registry; nothing is served unless every target and LUN opened.
-pub fn build_registry(v: &Validated) -> Result<Arc<Registry>> {
+/// With `pr_dir`, persistent reservations registered with APTPL are restored from it and
+/// kept in it.
+pub fn build_registry(v: &Validated, pr_dir: Option<&Path>) -> Result<Arc<Registry>> {
     let registry = Arc::new(Registry::new());
+    if let Some(dir) = pr_dir {
+        let store = FilePrStore::new(dir)
+            .with_context(|| format!("reservations directory {}", dir.display()))?;
+        registry.set_pr_store(Arc::new(store));
+    }
     for t in &v.targets {
         add_target(&registry, t)?;
         if t.initiators.is_empty() {
@@ -170,7 +190,9 @@ pub struct DaemonOptions {
 /// the control socket, starts the runtime, then serves admin requests.
 pub fn run(config: Config, opts: &DaemonOptions) -> Result<()> {
     let v = config.validate()?;
-    let registry = build_registry(&v)?;
+    let pr_dir = reservations_dir(&opts.config_path);
+    let registry = build_registry(&v, Some(&pr_dir))?;
+    log::info!("persistent reservations (APTPL) in {}", pr_dir.display());
     let control_socket = control::bind(&opts.control)?;
     let cfg = DriverConfig::default();
     let started = match v.runtime {
