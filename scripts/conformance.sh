@@ -3,7 +3,7 @@
 # ../shared/conformance/README.md lays it out: one target with three LUNs
 #   LUN 1: thin, writable (whole suite; reached twice for the MultipathIO tests)
 #   LUN 2: read-only      (SCSI.ReadOnly only)
-#   LUN 3: removable, thin (whole suite)
+#   LUN 3: removable, thin, 4 KiB physical blocks (whole suite)
 # and prints the merged summary; the last line is passed=N failed=N notimpl=N skipped=N total=N.
 #
 #   scripts/conformance.sh [mio|threads] [OUTDIR]
@@ -60,6 +60,8 @@ backing_store = "$out/lun3.img"
 size = "${CONFORMANCE_LUN_SIZE:-64M}"
 removable = true
 thin = true
+# 512-byte blocks in 4 KiB physical blocks (LBPPB 8): the tests that need LBPPB > 1 run here.
+physical_block_size = 4096
 TOML
 # The read-only LUN's file must exist before start (a read-only LUN is never created).
 truncate -s 64M "$out/lun2.img"

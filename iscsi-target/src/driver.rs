@@ -39,17 +39,212 @@ use crate::registry::{IoKind, LunBackend, Registry, ScsiTarget, SessionRecord, T
 
 /// Task slots per connection (the connection's task table).
 pub const TASKS: usize = 128;
-/// Largest data segment we accept and the largest PDU header + owned data we emit.
-pub const BUF: usize = 256 * 1024;
+/// The connection's own buffers (`Connection<TASKS, BUF>`): the largest login or text
+/// request sequence it takes in, and the largest PDU header + owned data it emits (login,
+/// text and NOP-In data, sense). The connection holds three buffers of this size from the
+/// moment a socket is accepted, so this is most of what an idle or half-open connection
+/// costs: 64 KiB keeps it near 260 KiB (at 256 KiB it was 855 KiB).
+pub const BUF: usize = 64 * 1024;
+/// Largest data segment accepted in one PDU (the ceiling of
+/// [`Limits::max_data_segment_bytes`], offered as MaxRecvDataSegmentLength). Data-Out and
+/// immediate data go straight to the task buffers, so this does not need to fit in [`BUF`].
+pub const MAX_SEGMENT: usize = 256 * 1024;
 /// Largest data buffer one command may use (bigger transfers are refused by scsi-core's
 /// transfer length limits, which are below this).
 pub const MAX_TASK_BUFFER: usize = 64 << 20;
 
+/// Resource limits: what one initiator (or many) may make the target hold. Every limit is
+/// checked before the resource is allocated: a refused connection is closed before a driver
+/// exists for it, a PDU whose declared data segment is too long is refused from its header,
+/// before its data is buffered.
+///
+/// The defaults ([`Limits::default`]) suit a target serving a few hundred initiators. An
+/// accepted connection costs about 260 KiB before login (the connection's buffers, see
+/// [`BUF`]), so the per-portal default bounds what idle or half-open connections can hold
+/// to about 260 MiB per portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections per portal (listening address), in any phase. Default 1024.
+    /// Enforced by the runtimes' accept paths ([`ConnLimiter`]).
+    pub max_connections_per_portal: usize,
+    /// Open connections from one initiator IP address, over all portals. Default 64.
+    pub max_connections_per_initiator: usize,
+    /// Sessions per target: a login beyond it fails with status 0x0301 (service
+    /// unavailable). Default 64 (the I_T nexus table of a target,
+    /// [`MAX_NEXUS`](crate::registry::MAX_NEXUS), holds no more).
+    pub max_sessions_per_target: usize,
+    /// Non-immediate commands a session may have outstanding: the CmdSN window
+    /// (MaxCmdSN - ExpCmdSN + 1). Default 64; at most [`Limits::MAX_OUTSTANDING`].
+    pub max_outstanding_commands: u32,
+    /// The whole login must complete within this many milliseconds, or the connection is
+    /// closed. Default 15 s.
+    pub login_timeout_ms: u64,
+    /// In full feature phase, after this many milliseconds without input the target sends
+    /// a NOP-In ping (0: never). Default 60 s.
+    pub idle_timeout_ms: u64,
+    /// A ping not answered within this many milliseconds closes the connection. Default
+    /// 15 s.
+    pub ping_timeout_ms: u64,
+    /// Bytes of one login or text request sequence (the data segments of the PDUs chained
+    /// with the C bit, and of each such PDU). A sequence beyond it closes the connection.
+    /// Default 64 KiB, at most [`BUF`].
+    pub max_text_bytes: u32,
+    /// The largest data segment the target accepts in one PDU: offered to initiators as
+    /// MaxRecvDataSegmentLength; a PDU declaring more closes the connection. Default
+    /// 256 KiB, at most [`MAX_SEGMENT`].
+    pub max_data_segment_bytes: u32,
+}
+
+impl Limits {
+    /// The largest accepted `max_outstanding_commands`: the CmdSN window's bitmap, with
+    /// room left in the task table for immediate commands.
+    pub const MAX_OUTSTANDING: u32 = {
+        let w = iscsi_proto::session::MAX_QUEUE_DEPTH;
+        let t = (TASKS as u32) - 16;
+        if w < t { w } else { t }
+    };
+    /// The largest accepted `max_data_segment_bytes`.
+    pub const MAX_DATA_SEGMENT: u32 = MAX_SEGMENT as u32;
+    /// The smallest `max_data_segment_bytes` and `max_text_bytes` (RFC 7143 allows a
+    /// MaxRecvDataSegmentLength of 512).
+    pub const MIN_DATA_SEGMENT: u32 = 512;
+    /// The largest accepted `max_text_bytes` (the connection's login/text buffer, [`BUF`]).
+    pub const MAX_TEXT: u32 = BUF as u32;
+
+    /// Checks every value; the error names the field and the value.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let bad = |field: &'static str, value: u64, rule: &'static str| {
+            Err(LimitError { field, value, rule })
+        };
+        if self.max_connections_per_portal == 0 {
+            return bad("max_connections_per_portal", 0, "must be at least 1");
+        }
+        if self.max_connections_per_initiator == 0 {
+            return bad("max_connections_per_initiator", 0, "must be at least 1");
+        }
+        let nexus = crate::registry::MAX_NEXUS;
+        if self.max_sessions_per_target == 0 || self.max_sessions_per_target > nexus {
+            return bad(
+                "max_sessions_per_target",
+                self.max_sessions_per_target as u64,
+                "must be in 1..=64",
+            );
+        }
+        if self.max_outstanding_commands == 0
+            || self.max_outstanding_commands > Self::MAX_OUTSTANDING
+        {
+            return bad(
+                "max_outstanding_commands",
+                u64::from(self.max_outstanding_commands),
+                "must be in 1..=112",
+            );
+        }
+        if self.login_timeout_ms == 0 {
+            return bad("login_timeout_ms", 0, "must be above 0");
+        }
+        if self.idle_timeout_ms > 0 && self.ping_timeout_ms == 0 {
+            return bad(
+                "ping_timeout_ms",
+                0,
+                "must be above 0 when idle pings are on",
+            );
+        }
+        if self.max_text_bytes < Self::MIN_DATA_SEGMENT || self.max_text_bytes > Self::MAX_TEXT {
+            return bad(
+                "max_text_bytes",
+                u64::from(self.max_text_bytes),
+                "must be in 512..=65536",
+            );
+        }
+        if self.max_data_segment_bytes < Self::MIN_DATA_SEGMENT
+            || self.max_data_segment_bytes > Self::MAX_DATA_SEGMENT
+        {
+            return bad(
+                "max_data_segment_bytes",
+                u64::from(self.max_data_segment_bytes),
+                "must be in 512..=262144",
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies the protocol-level limits to a connection configuration: queue depth,
+    /// timers and the offered MaxRecvDataSegmentLength (clamped to what the driver
+    /// supports, so an unvalidated value cannot overrun a buffer).
+    pub fn apply(&self, conn: &mut ConnConfig) {
+        conn.queue_depth = self
+            .max_outstanding_commands
+            .clamp(1, Self::MAX_OUTSTANDING);
+        conn.login_timeout_ms = self.login_timeout_ms.max(1);
+        conn.nop_interval_ms = self.idle_timeout_ms;
+        conn.nop_timeout_ms = self.ping_timeout_ms.max(1);
+        conn.login.max_recv_data_segment_length = self
+            .max_data_segment_bytes
+            .clamp(Self::MIN_DATA_SEGMENT, Self::MAX_DATA_SEGMENT);
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections_per_portal: 1024,
+            max_connections_per_initiator: 64,
+            max_sessions_per_target: crate::registry::MAX_NEXUS,
+            max_outstanding_commands: 64,
+            login_timeout_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            ping_timeout_ms: 15_000,
+            max_text_bytes: 64 * 1024,
+            max_data_segment_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// A [`Limits`] value out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitError {
+    /// The field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// The rule it breaks.
+    pub rule: &'static str,
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {}: {}", self.field, self.value, self.rule)
+    }
+}
+
+impl std::error::Error for LimitError {}
+
 /// Connection settings a runtime passes to every driver.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
-    /// Protocol limits and timers.
+    /// Protocol parameters and timers. The fields [`Limits`] covers (queue depth, login
+    /// timeout, NOP interval and timeout, MaxRecvDataSegmentLength) are overridden by
+    /// `limits` when a driver starts ([`DriverConfig::effective_conn`]).
     pub conn: ConnConfig,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl DriverConfig {
+    /// The default configuration with `limits`.
+    pub fn with_limits(limits: Limits) -> DriverConfig {
+        DriverConfig {
+            limits,
+            ..DriverConfig::default()
+        }
+    }
+
+    /// The connection configuration a driver runs with: `conn` with `limits` applied.
+    pub fn effective_conn(&self) -> ConnConfig {
+        let mut c = self.conn.clone();
+        self.limits.apply(&mut c);
+        c
+    }
 }
 
 impl Default for DriverConfig {
@@ -59,7 +254,162 @@ impl Default for DriverConfig {
         conn.login.max_burst_length = 1 << 20;
         conn.login.first_burst_length = 256 * 1024;
         conn.queue_depth = 64;
-        DriverConfig { conn }
+        DriverConfig {
+            conn,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why [`ConnLimiter::try_admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefused {
+    /// The portal has `max_connections_per_portal` connections open.
+    Portal,
+    /// The initiator address has `max_connections_per_initiator` connections open.
+    Initiator,
+}
+
+impl std::fmt::Display for ConnRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnRefused::Portal => "max_connections_per_portal reached",
+            ConnRefused::Initiator => "max_connections_per_initiator reached",
+        })
+    }
+}
+
+impl std::error::Error for ConnRefused {}
+
+#[derive(Default)]
+struct ConnCounts {
+    portals: std::collections::HashMap<SocketAddr, usize>,
+    initiators: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// Refusals since the last warning, and when that warning was logged.
+    refused: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+/// Counts open connections per portal and per initiator address for the runtimes' accept
+/// paths: [`ConnLimiter::try_admit`] runs before anything is allocated for a new socket;
+/// the returned [`ConnPermit`] lives as long as the connection and gives its place back
+/// when dropped. Refusals are logged once per burst (at most one warning per
+/// [`ConnLimiter::WARN_INTERVAL`], with the count of refusals it covers).
+pub struct ConnLimiter {
+    per_portal: usize,
+    per_initiator: usize,
+    counts: std::sync::Mutex<ConnCounts>,
+}
+
+impl std::fmt::Debug for ConnLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnLimiter")
+            .field("per_portal", &self.per_portal)
+            .field("per_initiator", &self.per_initiator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnLimiter {
+    /// Refusal warnings are at least this far apart.
+    pub const WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// A limiter for `limits`' connection counts.
+    pub fn new(limits: &Limits) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            per_portal: limits.max_connections_per_portal.max(1),
+            per_initiator: limits.max_connections_per_initiator.max(1),
+            counts: std::sync::Mutex::new(ConnCounts::default()),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, ConnCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection from `peer` accepted on `portal`, or refuses it (the caller
+    /// closes the socket at once).
+    pub fn try_admit(
+        self: &Arc<Self>,
+        portal: SocketAddr,
+        peer: std::net::IpAddr,
+    ) -> Result<ConnPermit, ConnRefused> {
+        let mut c = self.counts();
+        let on_portal = c.portals.get(&portal).copied().unwrap_or(0);
+        let from_peer = c.initiators.get(&peer).copied().unwrap_or(0);
+        let refused = if on_portal >= self.per_portal {
+            Some(ConnRefused::Portal)
+        } else if from_peer >= self.per_initiator {
+            Some(ConnRefused::Initiator)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            c.refused += 1;
+            let due = c
+                .warned_at
+                .is_none_or(|t| t.elapsed() >= Self::WARN_INTERVAL);
+            if due {
+                log::warn!(
+                    "refusing connections ({why}): {} refused, latest from {peer} on {portal}",
+                    c.refused
+                );
+                c.refused = 0;
+                c.warned_at = Some(std::time::Instant::now());
+            }
+            return Err(why);
+        }
+        *c.portals.entry(portal).or_insert(0) += 1;
+        *c.initiators.entry(peer).or_insert(0) += 1;
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            portal,
+            peer,
+        })
+    }
+
+    /// Connections open on `portal`.
+    pub fn on_portal(&self, portal: SocketAddr) -> usize {
+        self.counts().portals.get(&portal).copied().unwrap_or(0)
+    }
+
+    /// Connections open from `peer`.
+    pub fn from_initiator(&self, peer: std::net::IpAddr) -> usize {
+        self.counts().initiators.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+/// One admitted connection's place in a [`ConnLimiter`]; dropping it frees the place.
+pub struct ConnPermit {
+    limiter: Arc<ConnLimiter>,
+    portal: SocketAddr,
+    peer: std::net::IpAddr,
+}
+
+impl std::fmt::Debug for ConnPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPermit")
+            .field("portal", &self.portal)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut c = self.limiter.counts();
+        if let Some(n) = c.portals.get_mut(&self.portal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.portals.remove(&self.portal);
+            }
+        }
+        if let Some(n) = c.initiators.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.initiators.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -207,6 +557,8 @@ struct Ctx {
     registry: Arc<Registry>,
     peer: SocketAddr,
     local: SocketAddr,
+    /// [`Limits::max_sessions_per_target`].
+    max_sessions: usize,
 }
 
 impl LoginHooks for Ctx {
@@ -227,6 +579,15 @@ impl LoginHooks for Ctx {
                         self.peer
                     );
                     Authorization::NotAllowed
+                }
+                Some(t) if self.registry.session_count(t.tid) >= self.max_sessions => {
+                    log::warn!(
+                        "login of {initiator_name} from {} to {name} refused: \
+                         max_sessions_per_target ({}) reached",
+                        self.peer,
+                        self.max_sessions
+                    );
+                    Authorization::ServiceUnavailable
                 }
                 Some(t) if t.auth().incoming.is_empty() => Authorization::Allowed(AuthPolicy::None),
                 Some(_) => Authorization::Allowed(AuthPolicy::Chap),
@@ -334,6 +695,9 @@ pub struct Driver {
     /// A logout request from the admin side: `0x1_0000 | seconds`, 0 when none.
     logout_req: Arc<AtomicU32>,
     hdr: Vec<u8>,
+    limits: Limits,
+    /// Data bytes of the login / text request sequence in progress (PDUs with the C bit).
+    text_bytes: u32,
 }
 
 impl std::fmt::Debug for Driver {
@@ -437,7 +801,7 @@ impl Driver {
         now: Timestamp,
         wake: Wake,
     ) -> Driver {
-        let mut conn_cfg = cfg.conn.clone();
+        let mut conn_cfg = cfg.effective_conn();
         conn_cfg.login.target_portal_group_tag = registry.tpgt;
         Driver {
             conn: Box::new(Connection::new(conn_cfg, random_challenge(), now)),
@@ -445,6 +809,7 @@ impl Driver {
                 registry,
                 peer,
                 local,
+                max_sessions: cfg.limits.max_sessions_per_target,
             },
             slots: (0..TASKS).map(|_| Slot::default()).collect(),
             bound: None,
@@ -454,6 +819,8 @@ impl Driver {
             kill: Arc::new(AtomicBool::new(false)),
             logout_req: Arc::new(AtomicU32::new(0)),
             hdr: vec![0u8; BUF + 64],
+            limits: cfg.limits,
+            text_bytes: 0,
         }
     }
 
@@ -481,6 +848,18 @@ impl Driver {
         let mut start = 0usize;
         let mut status = InputStatus::NeedMore;
         while !self.conn.is_closed() && start < rx.len() {
+            // Limits that apply before the PDU's data is buffered: judged from its header.
+            let chained = match self.check_header(&rx[start..]) {
+                Ok(c) => c,
+                Err(why) => {
+                    // Info, like other per-connection closes: a warning per hostile
+                    // connection would let a peer flood the log.
+                    log::info!("connection from {}: {why}; closing", self.ctx.peer);
+                    self.conn.close();
+                    break;
+                }
+            };
+            let before = start;
             match self.conn.handle_input(now, &rx[start..], &mut self.ctx) {
                 Ok(Ingress::Data {
                     consumed,
@@ -513,6 +892,16 @@ impl Driver {
                     break;
                 }
             }
+            if start > before {
+                if let Some((len, more)) = chained {
+                    // A login/text request was taken: its sequence grows or ends.
+                    self.text_bytes = if more {
+                        self.text_bytes.saturating_add(len)
+                    } else {
+                        0
+                    };
+                }
+            }
             self.process(now);
         }
         rx.drain(..start);
@@ -522,6 +911,40 @@ impl Driver {
         } else {
             status
         }
+    }
+
+    /// Checks the header at the start of `buf` (once it is all there) against the limits
+    /// that must hold before the PDU's data is buffered: the data segment length, and for
+    /// Login and Text Requests the size of their request sequence. Returns, for those, the
+    /// data length and whether the C (continue) bit is set.
+    fn check_header(&self, buf: &[u8]) -> Result<Option<(u32, bool)>, String> {
+        let max = self.conn.max_recv_data_segment_len().min(
+            self.limits
+                .max_data_segment_bytes
+                .max(Limits::MIN_DATA_SEGMENT),
+        );
+        let len = match iscsi_proto::wire::pdu_len_checked(buf, self.conn.digests(), max) {
+            Ok(_) => match buf.get(5..8) {
+                Some(&[a, b, c]) => u32::from_be_bytes([0, a, b, c]),
+                _ => return Ok(None),
+            },
+            Err(e) => return Err(format!("{e} (max_data_segment_bytes)")),
+        };
+        let opcode = buf.first().map_or(0, |b| b & 0x3f);
+        // Login Request (0x03) and Text Request (0x04): byte 1 bit 6 is C (Continue).
+        if opcode != 0x03 && opcode != 0x04 {
+            return Ok(None);
+        }
+        let more = buf.get(1).is_some_and(|f| f & 0x40 != 0);
+        let total = self.text_bytes.saturating_add(len);
+        if total > self.limits.max_text_bytes {
+            return Err(format!(
+                "{} request sequence of {total} bytes exceeds max_text_bytes ({})",
+                if opcode == 0x03 { "login" } else { "text" },
+                self.limits.max_text_bytes
+            ));
+        }
+        Ok(Some((len, more)))
     }
 
     /// Called when the waker fired.
@@ -695,6 +1118,12 @@ impl Driver {
             return;
         };
         let registry = self.ctx.registry.clone();
+        let reinstating = registry.sessions().iter().any(|r| {
+            r.tsih != tsih
+                && r.isid == isid
+                && r.tid == target.tid
+                && r.initiator.eq_ignore_ascii_case(&initiator)
+        });
         registry.reinstate(&initiator, isid, target.tid, tsih);
         let nexus = registry.nexus_for(&initiator, isid, target.tid);
         let wake = self.wake.clone();
@@ -737,6 +1166,19 @@ impl Driver {
             .scsi()
             .target()
             .add_nexus_with_port(nexus, port.as_bytes(), 1);
+        if reinstating {
+            // The old session's tasks end now, before this session sends a command: the
+            // two share the I_T nexus, and initiators restart their task tags, so a task
+            // of the old session left behind would collide with (or, aborted later by
+            // tag, take down) a new task with the same tag. Tasks whose I/O is in flight
+            // stay, aborted, until that I/O returns (scsi-core keeps their tags busy).
+            let mut g = target.scsi();
+            let luns: Vec<u16> = g.target().lun_numbers().to_vec();
+            for n in luns {
+                let _ = g.target().abort_task_set(Lun::from_number(n), nexus);
+            }
+            g.drain_actions(nexus, &mut self.actions);
+        }
         log::info!(
             "login: {initiator} from {} to {} (tsih {tsih}, nexus {})",
             self.ctx.peer,
@@ -750,20 +1192,27 @@ impl Driver {
         });
     }
 
+    /// Whether a newer session of the same initiator port took over this session's I_T
+    /// nexus (session reinstatement): this session's record is gone from the registry and
+    /// another one holds the nexus.
+    fn superseded(&self) -> bool {
+        let Some(b) = &self.bound else { return false };
+        let registry = &self.ctx.registry;
+        !registry.sessions().iter().any(|r| r.tsih == b.tsih)
+            && registry.nexus_in_use(b.target.tid, b.nexus)
+    }
+
     fn unbind(&mut self) {
         if let Some(b) = self.bound.take() {
             let registry = &self.ctx.registry;
             registry.unregister_session(b.tsih, b.nexus, self.ctx.peer);
             if registry.nexus_in_use(b.target.tid, b.nexus) {
                 // Reinstated: a newer session of the same initiator port owns the I_T nexus
-                // now. Only this connection's own tasks go; the nexus state stays.
-                let mut g = b.target.scsi();
-                for s in self.slots.iter().filter(|s| s.handle.is_some() && !s.dead) {
-                    let task = TaskId {
-                        nexus: b.nexus,
-                        tag: TaskTag(s.itt),
-                    };
-                    let _ = g.target().abort_task(s.lun, task);
+                // now, and it aborted this session's tasks when it logged in. Nothing is
+                // aborted here by tag: the tags may be the new session's by now. The
+                // nexus state stays.
+                for s in self.slots.iter_mut().filter(|s| s.handle.is_some()) {
+                    s.dead = true;
                 }
             } else {
                 b.target.detach_nexus(b.nexus);
@@ -785,7 +1234,9 @@ impl Driver {
                 self.slots[i].dead = true;
                 let itt = self.slots[i].itt;
                 let lun = self.slots[i].lun;
-                if let Some(b) = &self.bound {
+                // A superseded session's tasks were aborted by the session that reinstated
+                // it; its tags may belong to that session by now.
+                if let Some(b) = self.bound.as_ref().filter(|_| !self.superseded()) {
                     let mut g = b.target.scsi();
                     let _ = g.target().abort_task(
                         lun,
@@ -1135,5 +1586,407 @@ fn abort_conn_tasks(conn: &mut Connection<TASKS, BUF>, slots: &mut [Slot], lun: 
 impl Drop for Driver {
     fn drop(&mut self) {
         self.unbind();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstore::MemoryStore;
+    use iscsi_proto::session::initiator::{CommandSpec, Initiator, find_key, write_text};
+    use iscsi_proto::wire::{Digests, LoginRequest, Pdu, Stage, emit_pdu};
+
+    const NAME: &str = "iqn.2026-11.org.tgt-rs:limits";
+
+    fn registry() -> Arc<Registry> {
+        crate::TargetBuilder::new(NAME)
+            .lun(0, Arc::new(MemoryStore::new(1 << 20, 512).unwrap()))
+            .build()
+            .unwrap()
+    }
+
+    fn driver(reg: &Arc<Registry>, limits: Limits, port: u16) -> Driver {
+        Driver::new(
+            reg.clone(),
+            &DriverConfig::with_limits(limits),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], 3260)),
+            Timestamp(0),
+            Arc::new(|| {}),
+        )
+    }
+
+    /// Feeds `bytes`, returns what the driver sends back.
+    fn feed(d: &mut Driver, bytes: &[u8]) -> (InputStatus, Vec<u8>) {
+        let mut rx = bytes.to_vec();
+        let st = d.handle_input(Timestamp(1), &mut rx);
+        d.run_io_inline(Timestamp(1));
+        let mut out = Vec::new();
+        d.transmit_into(Timestamp(1), &mut out);
+        (st, out)
+    }
+
+    fn login_request(ini: &mut Initiator) -> Vec<u8> {
+        let mut text = [0u8; 256];
+        let n = write_text(
+            &mut text,
+            &[
+                ("InitiatorName", "iqn.2026-11.org.tgt-rs:ini"),
+                ("TargetName", NAME),
+                ("SessionType", "Normal"),
+            ],
+        )
+        .unwrap();
+        let mut pdu = vec![0u8; 512];
+        let len = ini
+            .login(
+                &mut pdu,
+                Stage::LoginOperational,
+                Some(Stage::FullFeature),
+                &text[..n],
+            )
+            .unwrap();
+        pdu.truncate(len);
+        pdu
+    }
+
+    /// Logs in; returns the Login Response's (class, detail).
+    fn login(d: &mut Driver, isid_tail: u8) -> (u8, u8) {
+        let mut ini = Initiator::new([0x80, 0, 0, 0, 9, isid_tail], 1);
+        let (_, out) = feed(d, &login_request(&mut ini));
+        match ini.receive(&out) {
+            Ok((Pdu::LoginResponse(r), _)) => (r.status.class, r.status.detail),
+            other => panic!("no login response: {other:?}"),
+        }
+    }
+
+    fn continued_login(len: usize, cont: bool) -> Vec<u8> {
+        let mut data = b"InitiatorName=iqn.2026-11.org.tgt-rs:".to_vec();
+        data.resize(len, b'x');
+        let pdu = Pdu::LoginRequest(LoginRequest {
+            cont,
+            csg: Stage::LoginOperational,
+            nsg: None,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 9, 1],
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            data: &data,
+        });
+        let mut out = vec![0u8; len + 128];
+        let n = emit_pdu(&pdu, Digests::NONE, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn defaults_are_valid_and_applied_to_the_connection() {
+        let l = Limits::default();
+        assert_eq!(l.validate(), Ok(()));
+        let c = DriverConfig::default().effective_conn();
+        assert_eq!(c.queue_depth, 64);
+        assert_eq!(c.login_timeout_ms, 15_000);
+        assert_eq!(c.nop_interval_ms, 60_000);
+        assert_eq!(c.nop_timeout_ms, 15_000);
+        assert_eq!(c.login.max_recv_data_segment_length, 256 * 1024);
+        let c = DriverConfig::with_limits(Limits {
+            max_outstanding_commands: 8,
+            login_timeout_ms: 500,
+            idle_timeout_ms: 0,
+            max_data_segment_bytes: 8192,
+            ..Limits::default()
+        })
+        .effective_conn();
+        assert_eq!(
+            (
+                c.queue_depth,
+                c.login_timeout_ms,
+                c.nop_interval_ms,
+                c.login.max_recv_data_segment_length
+            ),
+            (8, 500, 0, 8192)
+        );
+        // Unvalidated values are clamped, never passed through.
+        let c = DriverConfig::with_limits(Limits {
+            max_outstanding_commands: 100_000,
+            max_data_segment_bytes: u32::MAX,
+            ..Limits::default()
+        })
+        .effective_conn();
+        assert_eq!(c.queue_depth, Limits::MAX_OUTSTANDING);
+        assert_eq!(c.login.max_recv_data_segment_length, MAX_SEGMENT as u32);
+    }
+
+    #[test]
+    fn validate_names_the_field_and_value() {
+        let cases: [(Limits, &str); 6] = [
+            (
+                Limits {
+                    max_connections_per_portal: 0,
+                    ..Limits::default()
+                },
+                "max_connections_per_portal = 0: must be at least 1",
+            ),
+            (
+                Limits {
+                    max_sessions_per_target: 65,
+                    ..Limits::default()
+                },
+                "max_sessions_per_target = 65: must be in 1..=64",
+            ),
+            (
+                Limits {
+                    max_outstanding_commands: 113,
+                    ..Limits::default()
+                },
+                "max_outstanding_commands = 113: must be in 1..=112",
+            ),
+            (
+                Limits {
+                    login_timeout_ms: 0,
+                    ..Limits::default()
+                },
+                "login_timeout_ms = 0: must be above 0",
+            ),
+            (
+                Limits {
+                    max_text_bytes: 100,
+                    ..Limits::default()
+                },
+                "max_text_bytes = 100: must be in 512..=65536",
+            ),
+            (
+                Limits {
+                    max_data_segment_bytes: 262_145,
+                    ..Limits::default()
+                },
+                "max_data_segment_bytes = 262145: must be in 512..=262144",
+            ),
+        ];
+        for (l, want) in cases {
+            assert_eq!(l.validate().unwrap_err().to_string(), want);
+        }
+        assert_eq!(Limits::MAX_OUTSTANDING, 112);
+    }
+
+    #[test]
+    fn conn_limiter_counts_per_initiator_and_portal() {
+        let lim = ConnLimiter::new(&Limits {
+            max_connections_per_portal: 3,
+            max_connections_per_initiator: 2,
+            ..Limits::default()
+        });
+        let p1: SocketAddr = "127.0.0.1:3260".parse().unwrap();
+        let p2: SocketAddr = "127.0.0.1:3261".parse().unwrap();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = lim.try_admit(p1, a).unwrap();
+        let a2 = lim.try_admit(p1, a).unwrap();
+        assert_eq!(lim.try_admit(p1, a).unwrap_err(), ConnRefused::Initiator);
+        // The per-initiator count spans portals.
+        assert_eq!(lim.try_admit(p2, a).unwrap_err(), ConnRefused::Initiator);
+        let b1 = lim.try_admit(p1, b).unwrap();
+        assert_eq!(lim.on_portal(p1), 3);
+        assert_eq!(lim.try_admit(p1, b).unwrap_err(), ConnRefused::Portal);
+        let b2 = lim.try_admit(p2, b).unwrap();
+        assert_eq!((lim.from_initiator(a), lim.from_initiator(b)), (2, 2));
+        drop(a1);
+        assert_eq!(lim.from_initiator(a), 1);
+        assert_eq!(lim.on_portal(p1), 2);
+        let a3 = lim.try_admit(p1, a).unwrap();
+        drop((a2, a3, b1, b2));
+        assert_eq!((lim.on_portal(p1), lim.on_portal(p2)), (0, 0));
+        assert_eq!(lim.from_initiator(a), 0);
+    }
+
+    #[test]
+    fn sessions_per_target_limit_refuses_login_with_0301() {
+        let reg = registry();
+        let limits = Limits {
+            max_sessions_per_target: 1,
+            ..Limits::default()
+        };
+        let mut a = driver(&reg, limits, 1000);
+        assert_eq!(login(&mut a, 1), (0, 0));
+        let mut b = driver(&reg, limits, 1001);
+        assert_eq!(login(&mut b, 2), (3, 1), "service unavailable");
+        drop(b);
+        drop(a);
+        let mut c = driver(&reg, limits, 1002);
+        assert_eq!(login(&mut c, 3), (0, 0), "the place is free again");
+    }
+
+    #[test]
+    fn text_sequence_beyond_max_text_bytes_closes() {
+        let reg = registry();
+        let limits = Limits {
+            max_text_bytes: 1024,
+            ..Limits::default()
+        };
+        // One PDU over the limit: closed before the login machine sees it.
+        let mut d = driver(&reg, limits, 1000);
+        let (st, out) = feed(&mut d, &continued_login(1100, false));
+        assert_eq!(st, InputStatus::Closed);
+        assert!(out.is_empty());
+        // The same PDU under the default limit gets a Login Response.
+        let mut d = driver(&reg, Limits::default(), 1003);
+        let (_, out) = feed(&mut d, &continued_login(1100, false));
+        assert!(!out.is_empty());
+        // A chain that grows over it: the first part is taken, the second closes.
+        let mut d = driver(&reg, limits, 1001);
+        let (st, _) = feed(&mut d, &continued_login(700, true));
+        assert_eq!(st, InputStatus::NeedMore);
+        assert!(!d.is_closed());
+        let (st, out) = feed(&mut d, &continued_login(700, true));
+        assert_eq!(st, InputStatus::Closed);
+        assert!(out.is_empty());
+        // Under the limit: a normal login.
+        let mut d = driver(&reg, limits, 1002);
+        assert_eq!(login(&mut d, 4), (0, 0));
+    }
+
+    #[test]
+    fn oversized_data_segment_closes_from_the_header() {
+        let reg = registry();
+        let limits = Limits {
+            max_data_segment_bytes: 4096,
+            ..Limits::default()
+        };
+        // A header declaring 8 KiB: closed before any data arrives.
+        let mut hdr = continued_login(8192, false);
+        hdr.truncate(48);
+        let mut d = driver(&reg, limits, 1000);
+        let (st, out) = feed(&mut d, &hdr);
+        assert_eq!(st, InputStatus::Closed);
+        assert!(out.is_empty());
+        // 2 KiB declared, header only: waits for the data.
+        let mut hdr = continued_login(2048, false);
+        hdr.truncate(48);
+        let mut d = driver(&reg, limits, 1001);
+        let (st, _) = feed(&mut d, &hdr);
+        assert_eq!(st, InputStatus::NeedMore);
+        assert!(!d.is_closed());
+        // In full feature phase: MaxRecvDataSegmentLength is 4096 now.
+        let mut d = driver(&reg, limits, 1002);
+        let mut ini = Initiator::new([0x80, 0, 0, 0, 9, 5], 1);
+        let (_, out) = feed(&mut d, &login_request(&mut ini));
+        let Ok((Pdu::LoginResponse(r), _)) = ini.receive(&out) else {
+            panic!("login")
+        };
+        assert_eq!(r.status.class, 0);
+        assert_eq!(find_key(r.data, "MaxRecvDataSegmentLength"), Some("4096"));
+        let mut pdu = vec![0u8; 128];
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 16, 0];
+        let (_, n) = ini
+            .command(&mut pdu, &CommandSpec::write(0, &cdb, 8192, &[]))
+            .unwrap();
+        pdu.truncate(n);
+        // DataSegmentLength (bytes 5..8) = 8192 without the data: closed at once.
+        pdu[5..8].copy_from_slice(&[0, 0x20, 0]);
+        let (st, _) = feed(&mut d, &pdu);
+        assert_eq!(st, InputStatus::Closed);
+    }
+
+    #[test]
+    fn idle_connection_is_pinged_then_closed() {
+        let reg = registry();
+        let limits = Limits {
+            idle_timeout_ms: 1000,
+            ping_timeout_ms: 500,
+            ..Limits::default()
+        };
+        let mut d = driver(&reg, limits, 1000);
+        let mut ini = Initiator::new([0x80, 0, 0, 0, 9, 6], 1);
+        let (_, out) = feed(&mut d, &login_request(&mut ini));
+        assert!(matches!(ini.receive(&out), Ok((Pdu::LoginResponse(_), _))));
+        // Logged in at t=1: the ping is due at 1001.
+        assert_eq!(d.poll_timeout(), Some(Timestamp(1001)));
+        d.handle_timeout(Timestamp(1001));
+        let mut out = Vec::new();
+        d.transmit_into(Timestamp(1001), &mut out);
+        let Ok((Pdu::NopIn(n), _)) = ini.receive(&out) else {
+            panic!("no NOP-In ping: {out:?}")
+        };
+        assert_eq!(n.itt, 0xffff_ffff);
+        assert_ne!(n.ttt, 0xffff_ffff, "a ping asks for an answer");
+        assert_eq!(d.poll_timeout(), Some(Timestamp(1501)));
+        d.handle_timeout(Timestamp(1501));
+        assert!(d.is_closed(), "unanswered ping closes");
+        // With idle pings off there is no timer after login.
+        let mut d = driver(
+            &reg,
+            Limits {
+                idle_timeout_ms: 0,
+                ..Limits::default()
+            },
+            1001,
+        );
+        let mut ini = Initiator::new([0x80, 0, 0, 0, 9, 7], 1);
+        let (_, out) = feed(&mut d, &login_request(&mut ini));
+        assert!(matches!(ini.receive(&out), Ok((Pdu::LoginResponse(_), _))));
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    /// Logs in with a fixed ISID (to reinstate) and returns the initiator.
+    fn login_isid(d: &mut Driver, isid: [u8; 6]) -> Initiator {
+        let mut ini = Initiator::new(isid, 1);
+        let (_, out) = feed(d, &login_request(&mut ini));
+        assert!(matches!(ini.receive(&out), Ok((Pdu::LoginResponse(r), _)) if r.status.class == 0));
+        // Consume the unit attention of the new nexus.
+        let mut pdu = vec![0u8; 128];
+        let (_, n) = ini
+            .command(&mut pdu, &CommandSpec::read(0, &[0; 6], 0))
+            .unwrap();
+        let (_, out) = feed(d, &pdu[..n]);
+        assert!(matches!(ini.receive(&out), Ok((Pdu::ScsiResponse(_), _))));
+        ini
+    }
+
+    /// A WRITE(10) of one block awaiting its R2T; returns (itt, ttt).
+    fn write_to_r2t(d: &mut Driver, ini: &mut Initiator) -> (u32, u32) {
+        let mut pdu = vec![0u8; 128];
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let (itt, n) = ini
+            .command(&mut pdu, &CommandSpec::write(0, &cdb, 512, &[]))
+            .unwrap();
+        let (_, out) = feed(d, &pdu[..n]);
+        let Ok((Pdu::R2t(r), _)) = ini.receive(&out) else {
+            panic!("no R2T: {out:?}")
+        };
+        (itt, r.ttt)
+    }
+
+    #[test]
+    fn a_reinstated_session_does_not_abort_the_new_sessions_tasks() {
+        // The old session has a WRITE waiting for data when the same initiator port logs
+        // in again; the new session's first command uses the same ITT (initiators restart
+        // their tags). The old connection closing must not take the new task with it.
+        let reg = registry();
+        let isid = [0x80, 0, 0, 0, 0x42, 1];
+        let mut old = driver(&reg, Limits::default(), 2000);
+        let mut old_ini = login_isid(&mut old, isid);
+        let (old_itt, _) = write_to_r2t(&mut old, &mut old_ini);
+        let mut new = driver(&reg, Limits::default(), 2001);
+        let mut ini = login_isid(&mut new, isid);
+        let (itt, ttt) = write_to_r2t(&mut new, &mut ini);
+        assert_eq!(itt, old_itt, "the same tag on the same I_T nexus");
+        // The old connection notices it was killed and goes away.
+        old.handle_wake(Timestamp(2));
+        assert!(old.is_closed());
+        drop(old);
+        // The new session's write completes.
+        let mut pdu = vec![0u8; 1024];
+        let n = ini
+            .data_out(&mut pdu, itt, ttt, 0, 0, 0, &[0x5a; 512], true)
+            .unwrap();
+        let (_, out) = feed(&mut new, &pdu[..n]);
+        let Ok((Pdu::ScsiResponse(r), _)) = ini.receive(&out) else {
+            panic!("the new session's WRITE got no response: {out:?}")
+        };
+        assert_eq!((r.itt, r.status), (itt, 0));
     }
 }

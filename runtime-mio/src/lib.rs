@@ -45,7 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use iscsi_proto::session::{TaskData, Timestamp};
-use iscsi_target::driver::{Driver, DriverConfig, InputStatus, IoJob};
+use iscsi_target::driver::{ConnLimiter, ConnPermit, Driver, DriverConfig, InputStatus, IoJob};
 use iscsi_target::registry::Registry;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -77,7 +77,7 @@ impl Default for MioConfig {
 }
 
 enum Cmd {
-    NewConn(std::net::TcpStream, SocketAddr),
+    NewConn(std::net::TcpStream, SocketAddr, ConnPermit),
     Logout(u16),
     Stop,
 }
@@ -115,15 +115,18 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     registry: Arc<Registry>,
     rr: Arc<AtomicUsize>,
+    limiter: Arc<ConnLimiter>,
 }
 
-/// Starts the accept thread of one portal: connections go to the reactors round-robin.
+/// Starts the accept thread of one portal: connections within the limits go to the
+/// reactors round-robin; the others are closed at once.
 fn spawn_listener(
     l: TcpListener,
     addr: SocketAddr,
     stop_all: Arc<AtomicBool>,
     targets: Vec<Arc<ReactorShared>>,
     rr: Arc<AtomicUsize>,
+    limiter: Arc<ConnLimiter>,
 ) -> io::Result<Listener> {
     let stop = Arc::new(AtomicBool::new(false));
     let own = stop.clone();
@@ -140,8 +143,13 @@ fn spawn_listener(
                             Ok(p) => p,
                             Err(_) => continue,
                         };
+                        // Refused: dropping the socket closes it before anything is
+                        // allocated for it (the limiter logs once per burst).
+                        let Ok(permit) = limiter.try_admit(addr, peer.ip()) else {
+                            continue;
+                        };
                         let i = rr.fetch_add(1, Ordering::Relaxed) % targets.len();
-                        targets[i].send(Cmd::NewConn(s, peer));
+                        targets[i].send(Cmd::NewConn(s, peer, permit));
                     }
                     Err(e) => {
                         log::warn!("accept on {addr}: {e}");
@@ -220,6 +228,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let targets: Vec<Arc<ReactorShared>> = reactors.iter().map(|(s, _)| s.clone()).collect();
         let rr = Arc::new(AtomicUsize::new(0));
+        let limiter = ConnLimiter::new(&driver_cfg.limits);
         let mut listeners = Vec::new();
         for (l, addr) in bound.into_iter().zip(addrs) {
             listeners.push(spawn_listener(
@@ -228,6 +237,7 @@ impl Server {
                 stop.clone(),
                 targets.clone(),
                 rr.clone(),
+                limiter.clone(),
             )?);
         }
         Ok(Server {
@@ -236,6 +246,7 @@ impl Server {
             stop,
             registry,
             rr,
+            limiter,
         })
     }
 
@@ -258,6 +269,7 @@ impl Server {
             self.stop.clone(),
             targets,
             self.rr.clone(),
+            self.limiter.clone(),
         )?);
         self.registry.set_portals(self.local_addrs());
         Ok(bound)
@@ -394,6 +406,8 @@ struct Conn {
     pieces: Vec<Piece>,
     writable_armed: bool,
     peer_closed: bool,
+    /// This connection's place in the connection limits.
+    _permit: ConnPermit,
 }
 
 struct Reactor {
@@ -481,7 +495,7 @@ impl Reactor {
         let cmds = std::mem::take(&mut *self.shared.cmds.lock().unwrap_or_else(|e| e.into_inner()));
         for c in cmds {
             match c {
-                Cmd::NewConn(s, peer) => self.accept(s, peer),
+                Cmd::NewConn(s, peer, permit) => self.accept(s, peer, permit),
                 Cmd::Logout(secs) => {
                     self.stopping = true;
                     let now = self.now();
@@ -507,7 +521,7 @@ impl Reactor {
         false
     }
 
-    fn accept(&mut self, s: std::net::TcpStream, peer: SocketAddr) {
+    fn accept(&mut self, s: std::net::TcpStream, peer: SocketAddr, permit: ConnPermit) {
         if s.set_nonblocking(true).is_err() {
             return;
         }
@@ -553,6 +567,7 @@ impl Reactor {
                 pieces: Vec::new(),
                 writable_armed: false,
                 peer_closed: false,
+                _permit: permit,
             },
         );
         self.shared.conns.fetch_add(1, Ordering::Relaxed);
@@ -762,4 +777,155 @@ fn transmit(c: &mut Conn, now: Timestamp) {
     // Anything still pending (output backed up), then let the driver act on what it sent
     // (e.g. close after a Logout Response).
     c.driver.transmit_into(now, &mut c.out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstore::MemoryStore;
+    use iscsi_target::TargetBuilder;
+    use iscsi_target::driver::Limits;
+
+    fn server(limits: Limits) -> (Server, SocketAddr) {
+        let registry = TargetBuilder::new("iqn.2026-11.org.tgt-rs:rt-limits")
+            .lun(0, Arc::new(MemoryStore::new(1 << 20, 512).unwrap()))
+            .build()
+            .unwrap();
+        let s = Server::start(
+            registry,
+            DriverConfig::with_limits(limits),
+            &["127.0.0.1:0".parse().unwrap()],
+            MioConfig {
+                reactors: 2,
+                io_threads: 1,
+            },
+        )
+        .unwrap();
+        let addr = s.local_addrs()[0];
+        (s, addr)
+    }
+
+    /// Whether the target closes `s` within `within` (EOF or reset); false when it is still
+    /// open (the read times out).
+    fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 512];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// A Login Request header (no data yet) declaring `data_len` bytes of data.
+    fn login_header(data_len: u32) -> [u8; 48] {
+        let mut h = [0u8; 48];
+        h[0] = 0x43;
+        h[1] = 0x87;
+        h[5..8].copy_from_slice(&data_len.to_be_bytes()[1..]);
+        h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 7, 7]);
+        h
+    }
+
+    fn wait_count(s: &Server, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.connection_count() != n {
+            assert!(Instant::now() < deadline, "{} != {n}", s.connection_count());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn connections_beyond_the_per_initiator_limit_are_closed_at_once() {
+        let (s, addr) = server(Limits {
+            max_connections_per_initiator: 2,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        wait_count(&s, 2);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(3)),
+            "third closed"
+        );
+        assert!(!closed_within(&mut a, Duration::from_millis(200)));
+        assert!(!closed_within(&mut b, Duration::from_millis(10)));
+        assert_eq!(s.connection_count(), 2);
+        drop(a);
+        wait_count(&s, 1);
+        let mut d = std::net::TcpStream::connect(addr).unwrap();
+        assert!(
+            !closed_within(&mut d, Duration::from_millis(300)),
+            "room again"
+        );
+        wait_count(&s, 2);
+        drop((b, d));
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn connections_beyond_the_per_portal_limit_are_closed_at_once() {
+        let (s, addr) = server(Limits {
+            max_connections_per_portal: 1,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        wait_count(&s, 1);
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut b, Duration::from_secs(3)));
+        assert!(!closed_within(&mut a, Duration::from_millis(200)));
+        drop(a);
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stalled_login_is_closed_by_the_login_timeout() {
+        let (s, addr) = server(Limits {
+            login_timeout_ms: 300,
+            ..Limits::default()
+        });
+        // Slowloris: half a header, then nothing.
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&login_header(0)[..20]).unwrap();
+        let t = Instant::now();
+        assert!(closed_within(&mut a, Duration::from_secs(5)));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        // A connection that never sends anything: the same.
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut b, Duration::from_secs(5)));
+        wait_count(&s, 0);
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_oversized_data_segment_closes_before_it_is_buffered() {
+        let (s, addr) = server(Limits {
+            max_text_bytes: 4096,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&login_header(0xff_ffff)).unwrap();
+        let t = Instant::now();
+        assert!(closed_within(&mut a, Duration::from_secs(5)));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "closed from the header"
+        );
+        // Within the limit the target waits for the data.
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        b.write_all(&login_header(1000)).unwrap();
+        assert!(!closed_within(&mut b, Duration::from_millis(300)));
+        drop(b);
+        s.shutdown(Duration::from_secs(1));
+    }
 }

@@ -42,7 +42,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use iscsi_proto::session::Timestamp;
-use iscsi_target::driver::{Driver, DriverConfig, InputStatus};
+use iscsi_target::driver::{ConnLimiter, Driver, DriverConfig, InputStatus};
 use iscsi_target::registry::Registry;
 
 /// Bytes read from the socket at once.
@@ -65,6 +65,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, SyncSender<Msg>>>,
     next_id: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    limiter: Arc<ConnLimiter>,
 }
 
 impl Shared {
@@ -101,7 +102,7 @@ fn spawn_listener(shared: &Arc<Shared>, l: TcpListener, addr: SocketAddr) -> io:
     let own = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("listen-{addr}"))
-        .spawn(move || accept_loop(&sh, &l, &own))?;
+        .spawn(move || accept_loop(&sh, &l, addr, &own))?;
     Ok(Listener { addr, stop, thread })
 }
 
@@ -129,9 +130,11 @@ impl Server {
             .map(|l| l.local_addr())
             .collect::<io::Result<_>>()?;
         registry.set_portals(addrs.clone());
+        let limiter = ConnLimiter::new(&cfg.limits);
         let shared = Arc::new(Shared {
             registry,
             cfg,
+            limiter,
             epoch: Instant::now(),
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
@@ -236,7 +239,7 @@ fn broadcast(shared: &Shared, msg: impl Fn() -> Msg) {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, own_stop: &AtomicBool) {
+fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, portal: SocketAddr, own_stop: &AtomicBool) {
     let stopped = || shared.stop.load(Ordering::SeqCst) || own_stop.load(Ordering::SeqCst);
     loop {
         let (stream, peer) = match l.accept() {
@@ -253,10 +256,18 @@ fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, own_stop: &AtomicBool) {
         if stopped() {
             return;
         }
+        // Refused: dropping the socket closes it before a thread is started for it (the
+        // limiter logs once per burst).
+        let Ok(permit) = shared.limiter.try_admit(portal, peer.ip()) else {
+            continue;
+        };
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{peer}"))
-            .spawn(move || serve_connection(&sh, stream, peer));
+            .spawn(move || {
+                serve_connection(&sh, stream, peer);
+                drop(permit);
+            });
         match spawned {
             Ok(h) => {
                 let mut t = shared.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,5 +410,152 @@ fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Ms
             }
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstore::MemoryStore;
+    use iscsi_target::TargetBuilder;
+    use iscsi_target::driver::Limits;
+
+    fn server(limits: Limits) -> (Server, SocketAddr) {
+        let registry = TargetBuilder::new("iqn.2026-11.org.tgt-rs:rt-limits")
+            .lun(0, Arc::new(MemoryStore::new(1 << 20, 512).unwrap()))
+            .build()
+            .unwrap();
+        let s = Server::start(
+            registry,
+            DriverConfig::with_limits(limits),
+            &["127.0.0.1:0".parse().unwrap()],
+        )
+        .unwrap();
+        let addr = s.local_addrs()[0];
+        (s, addr)
+    }
+
+    /// Whether the target closes `s` within `within` (EOF or reset); false when it is still
+    /// open (the read times out).
+    fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 512];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// A Login Request header (no data yet) declaring `data_len` bytes of data.
+    fn login_header(data_len: u32) -> [u8; 48] {
+        let mut h = [0u8; 48];
+        h[0] = 0x43;
+        h[1] = 0x87;
+        h[5..8].copy_from_slice(&data_len.to_be_bytes()[1..]);
+        h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 7, 7]);
+        h
+    }
+
+    fn wait_count(s: &Server, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.connection_count() != n {
+            assert!(Instant::now() < deadline, "{} != {n}", s.connection_count());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn connections_beyond_the_per_initiator_limit_are_closed_at_once() {
+        let (s, addr) = server(Limits {
+            max_connections_per_initiator: 2,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        wait_count(&s, 2);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(3)),
+            "third closed"
+        );
+        assert!(!closed_within(&mut a, Duration::from_millis(200)));
+        assert!(!closed_within(&mut b, Duration::from_millis(10)));
+        assert_eq!(s.connection_count(), 2);
+        drop(a);
+        wait_count(&s, 1);
+        let mut d = std::net::TcpStream::connect(addr).unwrap();
+        assert!(
+            !closed_within(&mut d, Duration::from_millis(300)),
+            "room again"
+        );
+        wait_count(&s, 2);
+        drop((b, d));
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn connections_beyond_the_per_portal_limit_are_closed_at_once() {
+        let (s, addr) = server(Limits {
+            max_connections_per_portal: 1,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        wait_count(&s, 1);
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut b, Duration::from_secs(3)));
+        assert!(!closed_within(&mut a, Duration::from_millis(200)));
+        drop(a);
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stalled_login_is_closed_by_the_login_timeout() {
+        let (s, addr) = server(Limits {
+            login_timeout_ms: 300,
+            ..Limits::default()
+        });
+        // Slowloris: half a header, then nothing.
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&login_header(0)[..20]).unwrap();
+        let t = Instant::now();
+        assert!(closed_within(&mut a, Duration::from_secs(5)));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        // A connection that never sends anything: the same.
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut b, Duration::from_secs(5)));
+        wait_count(&s, 0);
+        s.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_oversized_data_segment_closes_before_it_is_buffered() {
+        let (s, addr) = server(Limits {
+            max_text_bytes: 4096,
+            ..Limits::default()
+        });
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&login_header(0xff_ffff)).unwrap();
+        let t = Instant::now();
+        assert!(closed_within(&mut a, Duration::from_secs(5)));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "closed from the header"
+        );
+        // Within the limit the target waits for the data.
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        b.write_all(&login_header(1000)).unwrap();
+        assert!(!closed_within(&mut b, Duration::from_millis(300)));
+        drop(b);
+        s.shutdown(Duration::from_secs(1));
     }
 }

@@ -26,6 +26,12 @@ pub struct Config {
     /// `[[target]]`: the targets and their LUNs.
     #[serde(default, rename = "target", skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetSection>,
+    /// `[limits]`: resource limits (all optional, with defaults).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::limits::LimitsSection::is_default"
+    )]
+    pub limits: crate::limits::LimitsSection,
 }
 
 /// `[daemon]`.
@@ -316,6 +322,8 @@ pub struct Validated {
     pub reactors: usize,
     /// Targets.
     pub targets: Vec<TargetSpec>,
+    /// Resource limits.
+    pub limits: iscsi_target::driver::Limits,
 }
 
 /// The shortest CHAP secret accepted (RFC 7143 section 12.1.3 asks for 96 bits or more).
@@ -474,6 +482,7 @@ impl Config {
             runtime,
             reactors: d.reactors,
             targets,
+            limits: self.limits.to_limits()?,
         })
     }
 }

@@ -194,7 +194,7 @@ pub fn run(config: Config, opts: &DaemonOptions) -> Result<()> {
     let registry = build_registry(&v, Some(&pr_dir))?;
     log::info!("persistent reservations (APTPL) in {}", pr_dir.display());
     let control_socket = control::bind(&opts.control)?;
-    let cfg = DriverConfig::default();
+    let cfg = DriverConfig::with_limits(v.limits);
     let started = match v.runtime {
         RuntimeKind::Threads => {
             runtime_threads::Server::start(registry.clone(), cfg, &v.listen).map(Running::Threads)

@@ -8,4 +8,5 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod limits;
 pub mod logger;

@@ -40,6 +40,29 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub control: PathBuf,
+    /// Reads the daemon's stderr while it runs: a full pipe would block its logging and,
+    /// with it, a reactor.
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+/// Reads `err` until EOF on a thread; keeps the last MiB.
+fn drain(mut err: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > 2 << 20 {
+                        kept.drain(..kept.len() - (1 << 20));
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
 }
 
 impl Daemon {
@@ -68,23 +91,22 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut child = child;
+        let log = child.stderr.take().map(drain);
         let mut d = Daemon {
             child,
             port,
             dir: dir.to_path_buf(),
             config: config.to_path_buf(),
             control,
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err()
             || UnixStream::connect(&d.control).is_err()
         {
             if let Some(st) = d.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = d.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("daemon exited ({st}): {err}");
+                panic!("daemon exited ({st}): {}", d.join_log());
             }
             assert!(Instant::now() < deadline, "daemon did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -149,6 +171,14 @@ impl Daemon {
         })
     }
 
+    /// The daemon's stderr (the last MiB), once it has exited (after `kill` and `wait`).
+    pub fn join_log(&mut self) -> String {
+        self.log
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
     /// SIGTERM, then the exit status and stderr.
     pub fn stop(mut self) -> (i32, String) {
         let pid = self.child.id() as i32;
@@ -157,11 +187,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (st.code().unwrap_or(-1), err);
+                return (st.code().unwrap_or(-1), self.join_log());
             }
             assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
