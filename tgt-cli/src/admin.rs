@@ -82,7 +82,7 @@ pub enum LunCmd {
         #[arg(long, value_name = "PATH")]
         backing_store: Option<String>,
         /// rdwr, aio, memory, null or nbd (then --backing-store is the server URL:
-        /// nbd://host[:port]/export or nbd+unix:///export?socket=PATH).
+        /// `nbd://host[:port]/export` or `nbd+unix:///export?socket=PATH`).
         #[arg(long, default_value = "rdwr")]
         bstype: String,
         /// Size such as 10G (required for memory, null and files that do not exist).
