@@ -170,7 +170,10 @@ impl Harness {
                 Event::TaskMgmt(t) => self.tmfs.push(t.itt),
                 Event::Logout(_) => self.logout = true,
                 Event::Closed { .. } => self.dead = true,
-                Event::LoggedIn | Event::DataOutComplete { .. } | Event::TaskFailed { .. } => {}
+                // A login made of raw PDUs may negotiate digests too: the PDUs after the
+                // final Login Response carry them.
+                Event::LoggedIn => self.digests = self.conn.digests(),
+                Event::DataOutComplete { .. } | Event::TaskFailed { .. } => {}
             }
         }
         assert!(self.conn.task_count() <= TASKS);
