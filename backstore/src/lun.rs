@@ -35,19 +35,24 @@ pub enum BsType {
     /// A remote NBD server ([`NbdStore`]); the path is its URL. Calls block on the
     /// network, so engines run it through the [`RdwrEngine`] thread pool.
     Nbd,
+    /// A Ceph RBD image (`crate::rbd::RbdStore`, cargo feature `rbd`); the path is
+    /// `[rbd:]pool/image[@snap][:conf=PATH][:id=NAME]`. Without the feature, opening one
+    /// fails with [`crate::rbd::FEATURE_DISABLED`].
+    Rbd,
 }
 
 impl BsType {
     /// Every type, in the order the configuration documents them.
-    pub const ALL: [BsType; 5] = [
+    pub const ALL: [BsType; 6] = [
         BsType::Rdwr,
         BsType::Aio,
         BsType::Memory,
         BsType::Null,
         BsType::Nbd,
+        BsType::Rbd,
     ];
 
-    /// The configuration spelling: `rdwr`, `aio`, `memory`, `null`, `nbd`.
+    /// The configuration spelling: `rdwr`, `aio`, `memory`, `null`, `nbd`, `rbd`.
     pub fn as_str(self) -> &'static str {
         match self {
             BsType::Rdwr => "rdwr",
@@ -55,13 +60,14 @@ impl BsType {
             BsType::Memory => "memory",
             BsType::Null => "null",
             BsType::Nbd => "nbd",
+            BsType::Rbd => "rbd",
         }
     }
 
-    /// Whether the LUN needs a path (`rdwr`, `aio`: a file or device; `nbd`: a URL).
-    /// Memory and null stores need a size instead.
+    /// Whether the LUN needs a path (`rdwr`, `aio`: a file or device; `nbd`: a URL;
+    /// `rbd`: `[rbd:]pool/image[@snap]`). Memory and null stores need a size instead.
     pub fn needs_path(self) -> bool {
-        matches!(self, BsType::Rdwr | BsType::Aio | BsType::Nbd)
+        matches!(self, BsType::Rdwr | BsType::Aio | BsType::Nbd | BsType::Rbd)
     }
 
     /// Whether the path names a local file or block device (`rdwr`, `aio`), which may be
@@ -85,7 +91,7 @@ impl fmt::Display for UnknownBsType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown bstype {:?} (expected rdwr, aio, memory, null or nbd)",
+            "unknown bstype {:?} (expected rdwr, aio, memory, null, nbd or rbd)",
             self.0
         )
     }
@@ -102,6 +108,7 @@ impl FromStr for BsType {
             "memory" => Ok(BsType::Memory),
             "null" => Ok(BsType::Null),
             "nbd" => Ok(BsType::Nbd),
+            "rbd" => Ok(BsType::Rbd),
             _ => Err(UnknownBsType(s.to_owned())),
         }
     }
@@ -134,6 +141,52 @@ pub struct LunStore {
 }
 
 impl LunStore {
+    #[cfg(feature = "rbd")]
+    fn open_rbd(path: Option<&Path>, opts: &OpenOptions) -> Result<Self, OpenError> {
+        use crate::rbd::{RbdOptions, RbdSpec, RbdStore};
+        let text = path.and_then(Path::to_str).ok_or_else(|| {
+            OpenError::new(
+                "<none>",
+                OpenErrorKind::Remote("bstype rbd needs pool/image as its path".into()),
+            )
+        })?;
+        let spec = RbdSpec::parse(text)
+            .map_err(|e| OpenError::new(text, OpenErrorKind::Remote(e.to_string())))?;
+        let store = RbdStore::open(
+            &spec,
+            &RbdOptions {
+                block_size: opts.block_size,
+                read_only: opts.read_only,
+                ..RbdOptions::default()
+            },
+        )?;
+        if let Some(want) = opts.create_size {
+            if want != store.size() {
+                return Err(OpenError::new(
+                    text,
+                    OpenErrorKind::Remote(format!(
+                        "size {want} given, but the image has {} bytes",
+                        store.size()
+                    )),
+                ));
+            }
+        }
+        Ok(Self {
+            bstype: BsType::Rbd,
+            store: Arc::new(store),
+            file: None,
+        })
+    }
+
+    #[cfg(not(feature = "rbd"))]
+    fn open_rbd(path: Option<&Path>, _opts: &OpenOptions) -> Result<Self, OpenError> {
+        let label = path.map_or_else(|| "<none>".into(), |p| p.display().to_string());
+        Err(OpenError::new(
+            label,
+            OpenErrorKind::Remote(crate::rbd::FEATURE_DISABLED.into()),
+        ))
+    }
+
     /// Open the store for `bstype`. File types need `path`; memory and null need
     /// `opts.create_size` (their `path`, if any, is only a label). `aio` opens with
     /// `O_DIRECT` and falls back to buffered I/O (with a warning) where the file system
@@ -198,6 +251,7 @@ impl LunStore {
                     file: None,
                 })
             }
+            BsType::Rbd => Self::open_rbd(path, opts),
             BsType::Memory | BsType::Null => {
                 let size = opts.create_size.unwrap_or(0);
                 let store: Arc<dyn BackingStore> = if bstype == BsType::Memory {
@@ -252,13 +306,15 @@ impl LunStore {
                     notify,
                 },
             )?),
-            (BsType::Rdwr | BsType::Aio | BsType::Nbd, _) => Box::new(RdwrEngine::new(
-                self.store.clone(),
-                RdwrConfig {
-                    threads: tuning.threads,
-                    notify,
-                },
-            )?),
+            (BsType::Rdwr | BsType::Aio | BsType::Nbd | BsType::Rbd, _) => {
+                Box::new(RdwrEngine::new(
+                    self.store.clone(),
+                    RdwrConfig {
+                        threads: tuning.threads,
+                        notify,
+                    },
+                )?)
+            }
             (BsType::Memory | BsType::Null, _) => {
                 Box::new(InlineEngine::new(self.store.clone(), notify)?)
             }
@@ -288,15 +344,15 @@ mod tests {
             assert_eq!(t.as_str().parse::<BsType>(), Ok(t));
             assert_eq!(t.to_string(), t.as_str());
         }
-        let e = "rbd".parse::<BsType>().unwrap_err();
+        let e = "tape".parse::<BsType>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown bstype \"rbd\" (expected rdwr, aio, memory, null or nbd)"
+            "unknown bstype \"tape\" (expected rdwr, aio, memory, null, nbd or rbd)"
         );
         let paths: Vec<_> = BsType::ALL.iter().map(|t| t.needs_path()).collect();
-        assert_eq!(paths, [true, true, false, false, true]);
+        assert_eq!(paths, [true, true, false, false, true, true]);
         let files: Vec<_> = BsType::ALL.iter().map(|t| t.is_file()).collect();
-        assert_eq!(files, [true, true, false, false, false]);
+        assert_eq!(files, [true, true, false, false, false, false]);
     }
 
     #[test]

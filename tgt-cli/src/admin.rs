@@ -81,7 +81,7 @@ pub enum LunCmd {
         /// when missing.
         #[arg(long, value_name = "PATH")]
         backing_store: Option<String>,
-        /// rdwr, aio, memory, null or nbd (then --backing-store is the server URL:
+        /// rdwr, aio, memory, null, nbd or rbd (for nbd --backing-store is the server URL:
         /// `nbd://host[:port]/export` or `nbd+unix:///export?socket=PATH`).
         #[arg(long, default_value = "rdwr")]
         bstype: String,

@@ -180,9 +180,11 @@ pub use backstore::BsType;
 /// Parses a `bstype` value; the error is the reason, to follow `key = "value": `.
 pub fn parse_bstype(s: &str) -> Result<BsType, &'static str> {
     match s.parse::<BsType>() {
+        Ok(BsType::Rbd) if !backstore::rbd::enabled() => {
+            Err("needs tgt-cli built with --features rbd (librbd)")
+        }
         Ok(t) => Ok(t),
-        Err(_) if s == "rbd" => Err("is not available in this build (see the scale-out issue)"),
-        Err(_) => Err("must be rdwr, aio, memory, null or nbd"),
+        Err(_) => Err("must be rdwr, aio, memory, null, nbd or rbd"),
     }
 }
 
@@ -211,8 +213,14 @@ pub fn physical_block_exponent(block_size: u32, physical: Option<u32>) -> Result
 
 /// Checks `backing_store` for `bstype`: an NBD URL must parse (the reason otherwise).
 pub fn check_backing_store(bstype: BsType, path: &str) -> Result<(), String> {
-    if bstype == BsType::Nbd {
-        backstore::nbd::NbdUrl::parse(path)?;
+    match bstype {
+        BsType::Nbd => {
+            backstore::nbd::NbdUrl::parse(path)?;
+        }
+        BsType::Rbd => {
+            backstore::rbd::RbdSpec::parse(path).map_err(|e| e.to_string())?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -684,7 +692,7 @@ thin = true
         let expect = [
             "target[0].lun[0].size = \"10Q\": has an unknown unit",
             "target[0].lun[0].block_size = 1000: must be 512 or 4096",
-            "target[0].lun[0].bstype = \"tape\": must be rdwr, aio, memory, null or nbd",
+            "target[0].lun[0].bstype = \"tape\": must be rdwr, aio, memory, null, nbd or rbd",
             "target[0].tid = 0: must be 1 or more",
             "daemon.listen[0] = \"nowhere\": is not ADDR:PORT",
             "daemon.runtime = \"tokio\": must be mio or threads",
@@ -729,11 +737,13 @@ thin = true
                 .contains("backing_store = \"\": is required")
         );
         let rbd = FULL.replace("bstype = \"rdwr\"", "bstype = \"rbd\"");
-        assert!(
-            validate(&rbd)
-                .unwrap_err()
-                .contains("is not available in this build")
-        );
+        if !backstore::rbd::enabled() {
+            assert!(
+                validate(&rbd)
+                    .unwrap_err()
+                    .contains("bstype = \"rbd\": needs tgt-cli built with --features rbd")
+            );
+        }
         let odd = FULL.replace("size = \"10G\"", "size = \"1000\"");
         assert!(
             validate(&odd)

@@ -274,7 +274,7 @@ fn bad_requests_fail_with_one_line_and_change_nothing() {
             &[
                 "lun", "new", "--tid", "1", "--lun", "2", "--bstype", "tape", "--size", "1M",
             ],
-            "--bstype \"tape\": must be rdwr, aio, memory, null or nbd",
+            "--bstype \"tape\": must be rdwr, aio, memory, null, nbd or rbd",
         ),
         (
             &[
