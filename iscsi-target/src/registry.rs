@@ -351,10 +351,12 @@ fn save_pr_changes(scsi: &mut ScsiTarget, store: &dyn PrStore, name: &str) {
         let Some(&n) = scsi.lun_numbers().get(k) else {
             break;
         };
-        let Some(lu) = scsi.lu_mut(n) else { continue };
-        if !lu.take_pr_changed() {
+        // Read-only first: `lu_mut` marks the LU as possibly having actions to poll.
+        if !scsi.lu(n).is_some_and(|lu| lu.pr_changed()) {
             continue;
         }
+        let Some(lu) = scsi.lu_mut(n) else { continue };
+        lu.take_pr_changed();
         let mut image = vec![0u8; 4096];
         let len = lu.export_pr(&mut image);
         if len > image.len() {

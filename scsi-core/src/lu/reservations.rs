@@ -69,6 +69,12 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         self.legacy
     }
 
+    /// Whether the persistent reservation state changed since the last
+    /// [`Self::take_pr_changed`], without clearing it.
+    pub fn pr_changed(&self) -> bool {
+        self.pr.changed
+    }
+
     /// Whether the persistent reservation state changed since the last call. With APTPL the
     /// runtime then saves [`Self::export_pr`] (and restores it with [`Self::import_pr`] at
     /// start).
