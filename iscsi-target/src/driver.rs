@@ -45,6 +45,10 @@ pub const TASKS: usize = 128;
 /// moment a socket is accepted, so this is most of what an idle or half-open connection
 /// costs: 64 KiB keeps it near 260 KiB (at 256 KiB it was 855 KiB).
 pub const BUF: usize = 64 * 1024;
+/// The header buffer a connection starts with: a Basic Header Segment with digests and the
+/// largest sense data fit. It grows, up to `BUF + 64`, when a login, text or NOP-In PDU with
+/// more data is emitted.
+const HDR_START: usize = 512;
 /// Largest data segment accepted in one PDU (the ceiling of
 /// [`Limits::max_data_segment_bytes`], offered as MaxRecvDataSegmentLength). Data-Out and
 /// immediate data go straight to the task buffers, so this does not need to fit in [`BUF`].
@@ -70,8 +74,9 @@ pub struct Limits {
     /// Open connections from one initiator IP address, over all portals. Default 64.
     pub max_connections_per_initiator: usize,
     /// Sessions per target: a login beyond it fails with status 0x0301 (service
-    /// unavailable). Default 64 (the I_T nexus table of a target,
-    /// [`MAX_NEXUS`](crate::registry::MAX_NEXUS), holds no more).
+    /// unavailable). Default and ceiling 1024 (the I_T nexus table of a target,
+    /// [`MAX_NEXUS`](crate::registry::MAX_NEXUS)); an idle session costs the target about
+    /// 600 bytes per LU plus its connection's buffers.
     pub max_sessions_per_target: usize,
     /// Non-immediate commands a session may have outstanding: the CmdSN window
     /// (MaxCmdSN - ExpCmdSN + 1). Default 64; at most [`Limits::MAX_OUTSTANDING`].
@@ -123,11 +128,12 @@ impl Limits {
             return bad("max_connections_per_initiator", 0, "must be at least 1");
         }
         let nexus = crate::registry::MAX_NEXUS;
+        const _: () = assert!(crate::registry::MAX_NEXUS == 1024, "update the rule below");
         if self.max_sessions_per_target == 0 || self.max_sessions_per_target > nexus {
             return bad(
                 "max_sessions_per_target",
                 self.max_sessions_per_target as u64,
-                "must be in 1..=64",
+                "must be in 1..=1024",
             );
         }
         if self.max_outstanding_commands == 0
@@ -818,7 +824,7 @@ impl Driver {
             wake,
             kill: Arc::new(AtomicBool::new(false)),
             logout_req: Arc::new(AtomicU32::new(0)),
-            hdr: vec![0u8; BUF + 64],
+            hdr: vec![0u8; HDR_START],
             limits: cfg.limits,
             text_bytes: 0,
         }
@@ -1022,16 +1028,25 @@ impl Driver {
     /// Writes the next PDU's header into [`Driver::header_buf`]; task data to send after it
     /// is in [`Outgoing::data`] (read it with [`Driver::task_data`]).
     pub fn poll_transmit(&mut self, now: Timestamp) -> Option<Outgoing> {
-        match self.conn.poll_transmit(now, &mut self.hdr) {
-            Ok(Some(Transmit { len, data, .. })) => Some(Outgoing {
-                header_len: len,
-                data,
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                log::error!("transmit buffer too small: {e:?}");
-                self.conn.close();
-                None
+        loop {
+            match self.conn.poll_transmit(now, &mut self.hdr) {
+                Ok(Some(Transmit { len, data, .. })) => {
+                    return Some(Outgoing {
+                        header_len: len,
+                        data,
+                    });
+                }
+                Ok(None) => return None,
+                // The PDU stays queued: grow to what it needs (bounded by the connection's
+                // own buffer) and emit it.
+                Err(e) if e.required > self.hdr.len() && e.required <= BUF + 64 => {
+                    self.hdr.resize(e.required, 0);
+                }
+                Err(e) => {
+                    log::error!("transmit buffer too small: {e:?}");
+                    self.conn.close();
+                    return None;
+                }
             }
         }
     }
@@ -1733,10 +1748,10 @@ mod tests {
             ),
             (
                 Limits {
-                    max_sessions_per_target: 65,
+                    max_sessions_per_target: 1025,
                     ..Limits::default()
                 },
-                "max_sessions_per_target = 65: must be in 1..=64",
+                "max_sessions_per_target = 1025: must be in 1..=1024",
             ),
             (
                 Limits {

@@ -23,11 +23,17 @@ use crate::persist::PrStore;
 pub const MAX_LUNS: usize = 32;
 /// Tasks per logical unit (all sessions together).
 pub const MAX_TASKS: usize = 256;
-/// I_T nexuses (sessions) per logical unit.
-pub const MAX_NEXUS: usize = 64;
+/// I_T nexuses (sessions) per target: the ceiling of
+/// [`Limits::max_sessions_per_target`](crate::driver::Limits::max_sessions_per_target).
+/// Each configured LU keeps about 600 bytes of state per nexus slot.
+pub const MAX_NEXUS: usize = 1024;
 
-/// The SCSI side of one target.
-pub type ScsiTarget = scsi_core::Target<MAX_LUNS, MAX_TASKS, MAX_NEXUS>;
+/// One logical unit of a [`ScsiTarget`].
+pub type ScsiLu = LogicalUnit<MAX_TASKS, MAX_NEXUS>;
+
+/// The SCSI side of one target. Its LUs are boxed: a target costs memory only for the LUs
+/// it has.
+pub type ScsiTarget = scsi_core::Target<MAX_LUNS, MAX_TASKS, MAX_NEXUS, Box<ScsiLu>>;
 
 /// Wakes the connection that owns a nexus (a reactor `Waker`, a channel send, ...).
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -241,7 +247,7 @@ impl std::fmt::Debug for TargetAuth {
 }
 
 struct ScsiShared {
-    scsi: Box<ScsiTarget>,
+    scsi: ScsiTarget,
     mail: HashMap<NexusId, (VecDeque<TargetAction>, Option<Wake>)>,
     /// Where reservation images persist (APTPL), and the target's name for it.
     pr_store: Option<(Arc<dyn PrStore>, String)>,
@@ -330,18 +336,31 @@ impl ScsiGuard<'_> {
     }
 }
 
-/// Builds the scsi-core target on the heap. It is several MB of fixed-capacity tables, and
-/// `Box::new` of a temporary is not guaranteed to avoid the stack copy (debug builds make
-/// it), so it is built on a helper thread whose stack has room for it.
-fn boxed_target() -> Box<ScsiTarget> {
-    let stack = 4 * std::mem::size_of::<ScsiTarget>() + (1 << 20);
-    std::thread::Builder::new()
-        .name("scsi-target-init".into())
+/// Runs `f` on a helper thread with room on its stack for a few [`ScsiLu`]s. An LU is
+/// several hundred KB of fixed-capacity tables, and `Box::new` of a temporary is not
+/// guaranteed to avoid stack copies (debug builds make them), which the 2 MiB stacks of
+/// reactor and admin threads might not hold. Runs `f` on the caller's thread if no helper
+/// thread can be started.
+fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + Clone + 'static) -> T {
+    let stack = 4 * std::mem::size_of::<ScsiLu>() + (1 << 20);
+    match std::thread::Builder::new()
+        .name("scsi-lu-init".into())
         .stack_size(stack)
-        .spawn(|| Box::new(ScsiTarget::new()))
-        .ok()
-        .and_then(|h| h.join().ok())
-        .unwrap_or_default()
+        .spawn(f.clone())
+    {
+        Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        Err(_) => f(),
+    }
+}
+
+/// Builds a scsi-core target (its "not present" LU included) off the caller's stack.
+fn boxed_target() -> ScsiTarget {
+    with_big_stack(ScsiTarget::new)
+}
+
+/// Builds a logical unit on the heap, off the caller's stack.
+fn boxed_lu(cfg: LuConfig) -> Box<ScsiLu> {
+    with_big_stack(move || Box::new(ScsiLu::new(cfg)))
 }
 
 /// Saves the reservation image of every LU whose state changed. A failed save is logged:
@@ -445,7 +464,7 @@ impl TargetNode {
         let number = backend.info.number;
         let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
         let mut g = lock(&self.scsi);
-        let mut lu = LogicalUnit::new(cfg);
+        let mut lu = boxed_lu(cfg);
         lu.set_scsi_name(&self.name);
         if let Some((store, name)) = &g.pr_store {
             match store.load(name, number) {

@@ -291,7 +291,13 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         if self.nexus_index(id).is_some() {
             return Ok(());
         }
-        match self.nexus.iter_mut().find(|n| n.is_none()) {
+        // The nexus' home slot first (see `nexus_index`), else the first free one.
+        let home = Self::nexus_home(id);
+        let free = match self.nexus.get(home) {
+            Some(None) => Some(home),
+            _ => self.nexus.iter().position(|n| n.is_none()),
+        };
+        match free.and_then(|k| self.nexus.get_mut(k)) {
             Some(slot) => {
                 *slot = Some(NexusState::new(id, self.cfg.relative_port));
                 Ok(())
@@ -374,7 +380,22 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         self.nexus.iter().flatten().any(|n| n.prevent)
     }
 
+    /// The slot a nexus takes when it is free: lookups of the nexus behind every command
+    /// then cost one comparison, however large `NEXUS` is (ids handed out in sequence, as
+    /// runtimes do, rarely collide; a collision costs a scan, not correctness).
+    fn nexus_home(id: NexusId) -> usize {
+        (id.0 as usize) % NEXUS.max(1)
+    }
+
     fn nexus_index(&self, id: NexusId) -> Option<usize> {
+        let home = Self::nexus_home(id);
+        if self
+            .nexus
+            .get(home)
+            .is_some_and(|n| n.as_ref().is_some_and(|n| n.id == id))
+        {
+            return Some(home);
+        }
         self.nexus
             .iter()
             .position(|n| n.as_ref().is_some_and(|n| n.id == id))

@@ -1,6 +1,7 @@
 //! A SCSI target device: up to `LUNS` logical units addressed by LUN number, REPORT LUNS,
 //! and the answers for LUNs that do not exist.
 
+use core::borrow::BorrowMut;
 use core::fmt;
 
 use crate::lu::LogicalUnit;
@@ -46,8 +47,18 @@ impl core::error::Error for TargetError {}
 /// A target holding logical units. Every method taking a `lun` routes to that LU, or to
 /// the built-in "not present" responder when no LU has that number (INQUIRY peripheral
 /// qualifier 011b, REPORT LUNS, LOGICAL UNIT NOT SUPPORTED for everything else).
-pub struct Target<const LUNS: usize, const TASKS: usize, const NEXUS: usize> {
-    luns: [Option<(u16, LogicalUnit<TASKS, NEXUS>)>; LUNS],
+///
+/// `L` is how each LU is held: inline by default (a fixed-size target, for `no_std` use),
+/// or any owner that borrows as a [`LogicalUnit`] and is built from one, such as
+/// `Box<LogicalUnit<TASKS, NEXUS>>`: then the target itself stays small and costs memory
+/// only for the LUs that are configured.
+pub struct Target<
+    const LUNS: usize,
+    const TASKS: usize,
+    const NEXUS: usize,
+    L = LogicalUnit<TASKS, NEXUS>,
+> {
+    luns: [Option<(u16, L)>; LUNS],
     /// The LUN number in each slot of `luns`: a lookup scans this small array instead of
     /// touching every (large) LU.
     numbers: [Option<u16>; LUNS],
@@ -57,19 +68,24 @@ pub struct Target<const LUNS: usize, const TASKS: usize, const NEXUS: usize> {
     maybe_absent: bool,
     inventory: [u16; LUNS],
     inv_len: usize,
-    absent: LogicalUnit<TASKS, NEXUS>,
+    absent: L,
     next: usize,
 }
 
-impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Default
-    for Target<LUNS, TASKS, NEXUS>
+impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize, L> Default
+    for Target<LUNS, TASKS, NEXUS, L>
+where
+    L: BorrowMut<LogicalUnit<TASKS, NEXUS>> + From<LogicalUnit<TASKS, NEXUS>>,
 {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TASKS, NEXUS> {
+impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize, L> Target<LUNS, TASKS, NEXUS, L>
+where
+    L: BorrowMut<LogicalUnit<TASKS, NEXUS>> + From<LogicalUnit<TASKS, NEXUS>>,
+{
     /// An empty target.
     pub fn new() -> Self {
         Target {
@@ -82,7 +98,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
             absent: {
                 let mut a = LogicalUnit::not_present();
                 a.set_report_luns(0, true);
-                a
+                L::from(a)
             },
             next: 0,
         }
@@ -90,11 +106,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// Add a logical unit as LUN `number`; the other LUs raise REPORTED LUNS DATA HAS
     /// CHANGED.
-    pub fn add_lun(
-        &mut self,
-        number: u16,
-        lu: LogicalUnit<TASKS, NEXUS>,
-    ) -> Result<(), TargetError> {
+    pub fn add_lun(&mut self, number: u16, lu: impl Into<L>) -> Result<(), TargetError> {
         if number > Lun::MAX_NUMBER {
             return Err(TargetError::InvalidLun);
         }
@@ -106,10 +118,10 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
             .iter()
             .position(|l| l.is_none())
             .ok_or(TargetError::TableFull)?;
-        for (_, other) in self.luns.iter_mut().flatten() {
+        for (_, other) in self.lus_mut() {
             other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
         }
-        self.luns[slot] = Some((number, lu));
+        self.luns[slot] = Some((number, lu.into()));
         self.numbers[slot] = Some(number);
         self.mark_all();
         self.rebuild_inventory();
@@ -118,12 +130,12 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// Remove LUN `number` and return its LU (the caller should first make sure no I/O of
     /// it is in flight); the remaining LUs raise REPORTED LUNS DATA HAS CHANGED.
-    pub fn remove_lun(&mut self, number: u16) -> Result<LogicalUnit<TASKS, NEXUS>, TargetError> {
+    pub fn remove_lun(&mut self, number: u16) -> Result<L, TargetError> {
         let i = self.index(number).ok_or(TargetError::NoSuchLun)?;
         let (_, lu) = self.luns[i].take().ok_or(TargetError::NoSuchLun)?;
         self.numbers[i] = None;
         self.mark_all();
-        for (_, other) in self.luns.iter_mut().flatten() {
+        for (_, other) in self.lus_mut() {
             other.raise_unit_attention(UnitAttention::ReportedLunsChanged);
         }
         self.rebuild_inventory();
@@ -132,8 +144,8 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     fn rebuild_inventory(&mut self) {
         let mut n = 0;
-        for (num, _) in self.luns.iter().flatten() {
-            self.inventory[n] = *num;
+        for num in self.numbers.into_iter().flatten() {
+            self.inventory[n] = num;
             n += 1;
         }
         self.inventory[..n].sort_unstable();
@@ -141,9 +153,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         // LUN 0 is always reported: without a configured LU it is the controller.
         let lun0 = self.index(0).is_none();
         let count = u16::try_from(n).unwrap_or(u16::MAX);
-        self.absent.set_report_luns(count, lun0);
+        self.absent.borrow_mut().set_report_luns(count, lun0);
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             lu.set_report_luns(count, lun0);
         }
     }
@@ -153,6 +165,19 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// (peripheral device type 0x0C: INQUIRY, REPORT LUNS, TEST UNIT READY, REQUEST SENSE).
     pub fn lun_numbers(&self) -> &[u16] {
         &self.inventory[..self.inv_len]
+    }
+
+    /// The configured LUs with their numbers.
+    fn lus(&self) -> impl Iterator<Item = (u16, &LogicalUnit<TASKS, NEXUS>)> {
+        self.luns.iter().flatten().map(|(n, l)| (*n, l.borrow()))
+    }
+
+    /// The configured LUs with their numbers, mutably.
+    fn lus_mut(&mut self) -> impl Iterator<Item = (u16, &mut LogicalUnit<TASKS, NEXUS>)> {
+        self.luns
+            .iter_mut()
+            .flatten()
+            .map(|(n, l)| (*n, l.borrow_mut()))
     }
 
     fn index(&self, number: u16) -> Option<usize> {
@@ -168,14 +193,14 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// The LU with this number.
     pub fn lu(&self, number: u16) -> Option<&LogicalUnit<TASKS, NEXUS>> {
         self.index(number)
-            .and_then(|i| self.luns[i].as_ref().map(|(_, l)| l))
+            .and_then(|i| self.luns[i].as_ref().map(|(_, l)| l.borrow()))
     }
 
     /// The LU with this number, mutably (capacity changes, raising unit attentions).
     pub fn lu_mut(&mut self, number: u16) -> Option<&mut LogicalUnit<TASKS, NEXUS>> {
         let i = self.index(number)?;
         self.maybe[i] = true;
-        self.luns[i].as_mut().map(|(_, l)| l)
+        self.luns[i].as_mut().map(|(_, l)| l.borrow_mut())
     }
 
     fn route(&mut self, lun: Lun) -> &mut LogicalUnit<TASKS, NEXUS> {
@@ -183,13 +208,13 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
             Some(i) => {
                 self.maybe[i] = true;
                 match &mut self.luns[i] {
-                    Some((_, l)) => l,
-                    None => &mut self.absent,
+                    Some((_, l)) => l.borrow_mut(),
+                    None => self.absent.borrow_mut(),
                 }
             }
             None => {
                 self.maybe_absent = true;
-                &mut self.absent
+                self.absent.borrow_mut()
             }
         }
     }
@@ -198,7 +223,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     pub fn add_nexus(&mut self, id: NexusId) -> Result<(), NexusError> {
         let mut r = Ok(());
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             if let Err(e) = lu.add_nexus(id) {
                 r = Err(e);
             }
@@ -220,7 +245,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     ) -> Result<(), NexusError> {
         let mut r = Ok(());
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             if let Err(e) = lu.add_nexus_with_port(id, initiator_port, relative_target_port) {
                 r = Err(e);
             }
@@ -230,9 +255,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// Forget a nexus everywhere (its tasks are aborted, PREVENT released).
     pub fn remove_nexus(&mut self, id: NexusId) -> TmfOutcome {
-        let mut out = self.absent.remove_nexus(id);
+        let mut out = self.absent.borrow_mut().remove_nexus(id);
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             add(&mut out, lu.remove_nexus(id));
         }
         out
@@ -268,10 +293,10 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
                 continue;
             }
             let lu = if idx == LUNS {
-                &mut self.absent
+                self.absent.borrow_mut()
             } else {
                 match &mut self.luns[idx] {
-                    Some((_, l)) => l,
+                    Some((_, l)) => l.borrow_mut(),
                     None => {
                         self.maybe[idx] = false;
                         continue;
@@ -300,9 +325,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
         // EXTENDED COPY may address every LU of the target.
         let mut peers = [crate::lu::CopyPeer::EMPTY; LUNS];
         let mut n = 0;
-        for (num, lu) in self.luns.iter().flatten() {
+        for (num, lu) in self.lus() {
             if let Some(p) = peers.get_mut(n) {
-                *p = lu.copy_peer(*num);
+                *p = lu.copy_peer(num);
                 n += 1;
             }
         }
@@ -385,9 +410,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// LU, requested through nexus `by` (see [`LogicalUnit::target_reset_by`]). The
     /// runtime drops the connections of a cold reset itself.
     pub fn target_reset_by(&mut self, by: NexusId, cold: bool) -> TmfOutcome {
-        let mut out = self.absent.target_reset_by(Some(by), cold);
+        let mut out = self.absent.borrow_mut().target_reset_by(Some(by), cold);
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             add(&mut out, lu.target_reset_by(Some(by), cold));
         }
         out
@@ -395,9 +420,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// I_T NEXUS RESET: on every LU.
     pub fn nexus_reset(&mut self, nexus: NexusId) -> TmfOutcome {
-        let mut out = self.absent.abort_task_set(nexus);
+        let mut out = self.absent.borrow_mut().abort_task_set(nexus);
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             add(&mut out, lu.nexus_reset(nexus));
         }
         out
@@ -405,9 +430,9 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
 
     /// TARGET RESET: a LOGICAL UNIT RESET of every LU.
     pub fn target_reset(&mut self) -> TmfOutcome {
-        let mut out = self.absent.lu_reset();
+        let mut out = self.absent.borrow_mut().lu_reset();
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             add(&mut out, lu.lu_reset());
         }
         out
@@ -416,7 +441,7 @@ impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize> Target<LUNS, TAS
     /// Raise a unit attention on every LU for every nexus.
     pub fn raise_unit_attention(&mut self, ua: UnitAttention) {
         self.mark_all();
-        for (_, lu) in self.luns.iter_mut().flatten() {
+        for (_, lu) in self.lus_mut() {
             lu.raise_unit_attention(ua);
         }
     }

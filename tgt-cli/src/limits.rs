@@ -6,7 +6,7 @@
 //! [limits]
 //! max_connections_per_portal = 1024     # open connections on one listening address
 //! max_connections_per_initiator = 64    # open connections from one IP address
-//! max_sessions_per_target = 64          # logins beyond it fail (status 0x0301)
+//! max_sessions_per_target = 1024        # logins beyond it fail (status 0x0301)
 //! max_outstanding_commands = 64         # the CmdSN window of a session (1..=112)
 //! login_timeout_secs = 15               # the whole login, else the connection closes
 //! idle_timeout_secs = 60                # NOP-In ping after this long without input (0: off)
@@ -152,7 +152,7 @@ mod tests {
         let d = Limits::default();
         assert_eq!(d.max_connections_per_portal, 1024);
         assert_eq!(d.max_connections_per_initiator, 64);
-        assert_eq!(d.max_sessions_per_target, 64);
+        assert_eq!(d.max_sessions_per_target, 1024);
         assert_eq!(d.max_outstanding_commands, 64);
         assert_eq!(d.login_timeout_ms, 15_000);
         assert_eq!(d.idle_timeout_ms, 60_000);
@@ -200,8 +200,8 @@ mod tests {
                 "limits.max_connections_per_initiator = 70000: must be in 1..=65536",
             ),
             (
-                "max_sessions_per_target = 65",
-                "limits.max_sessions_per_target = 65: must be in 1..=64",
+                "max_sessions_per_target = 1025",
+                "limits.max_sessions_per_target = 1025: must be in 1..=1024",
             ),
             (
                 "max_outstanding_commands = 500",

@@ -9,8 +9,13 @@
 //!
 //! ```text
 //! iscsi-load --portal 127.0.0.1:3260 --target IQN [--lun 1] [--bs 4096] [--qd 32]
-//!            [--sessions 1] [--secs 5] [--read-pct 100] [--seq]
+//!            [--sessions 1] [--secs 5] [--read-pct 100] [--seq] [--idle]
 //! ```
+//!
+//! With `--idle` each session logs in, clears its unit attentions, reads the capacity and
+//! then holds the connection for `--secs` without commands (answering the target's NOP-In
+//! pings): a memory benchmark holds many idle sessions this way. It prints
+//! `logged-in sessions=N` once every session is in full feature phase.
 //!
 //! Writes carry immediate data up to the negotiated FirstBurstLength and answer R2Ts with
 //! Data-Out PDUs sized by the target's MaxRecvDataSegmentLength.
@@ -36,6 +41,7 @@ struct Opts {
     secs: f64,
     read_pct: u32,
     seq: bool,
+    idle: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -49,11 +55,13 @@ fn parse_args() -> Result<Opts> {
         secs: 5.0,
         read_pct: 100,
         seq: false,
+        idle: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--seq" {
-            o.seq = true;
+        if a == "--seq" || a == "--idle" {
+            o.seq |= a == "--seq";
+            o.idle |= a == "--idle";
             continue;
         }
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
@@ -72,7 +80,7 @@ fn parse_args() -> Result<Opts> {
     if o.portal.is_empty() || o.target.is_empty() {
         bail!(
             "usage: iscsi-load --portal HOST:PORT --target IQN [--lun N] [--bs BYTES] [--qd N] \
-             [--sessions N] [--secs S] [--read-pct P] [--seq]"
+             [--sessions N] [--secs S] [--read-pct P] [--seq] [--idle]"
         );
     }
     if o.qd == 0 || o.sessions == 0 || o.bs == 0 || o.read_pct > 100 {
@@ -339,6 +347,12 @@ fn run_session(
     start: std::sync::Arc<std::sync::Barrier>,
 ) -> Result<Totals> {
     let mut s = Session::login(o, index)?;
+    if o.idle {
+        if start.wait().is_leader() {
+            println!("logged-in sessions={}", o.sessions);
+        }
+        return hold_idle(&mut s, o.secs);
+    }
     let span_blocks = s.blocks;
     let io_blocks = u64::from(o.bs.div_ceil(s.block_len));
     let len = (io_blocks as u32) * s.block_len;
@@ -474,6 +488,45 @@ fn run_session(
     }
     totals.secs = t0.elapsed().as_secs_f64();
     Ok(totals)
+}
+
+/// Holds a logged-in session for `secs` without commands, answering NOP-In pings.
+fn hold_idle(s: &mut Session, secs: f64) -> Result<Totals> {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(secs);
+    let mut pdu = [0u8; 64];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        s.sock.set_read_timeout(Some(deadline - now))?;
+        let n = match s.fill_one() {
+            Ok(n) => n,
+            Err(e)
+                if e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Event::Ping { ttt } = s.take(n)? {
+            let n = s
+                .ini
+                .nop_out(&mut pdu, RESERVED_TAG, ttt, &[])
+                .map_err(|e| anyhow::anyhow!("emit nop-out: {e}"))?;
+            s.sock.write_all(&pdu[..n])?;
+        }
+    }
+    Ok(Totals {
+        secs: t0.elapsed().as_secs_f64(),
+        ..Totals::default()
+    })
 }
 
 fn main() -> Result<()> {

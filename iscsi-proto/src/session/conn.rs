@@ -191,7 +191,9 @@ pub struct Connection<const TASKS: usize = 64, const BUF: usize = 8192> {
     ready: Deque<u16, TASKS>,
     ctrl: Deque<Ctrl, CONTROL_QUEUE>,
     events: Deque<Event, EVENT_QUEUE>,
-    inline: [u8; BUF],
+    /// Data of the control PDU in flight (login, text, NOP echo). Sized on use: an idle
+    /// connection has touched only what its login needed.
+    inline: heapless::Vec<u8, BUF>,
     inline_busy: bool,
     text: TextExchange<BUF>,
     ttt_counter: u16,
@@ -220,6 +222,17 @@ fn fixed_sense(key: u8, asc: u8, ascq: u8, out: &mut [u8; MAX_SENSE_LEN]) -> u16
         0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0,
     ]);
     18
+}
+
+/// The largest login response data the connection builds: the initiator's
+/// MaxRecvDataSegmentLength during login is 8192 bytes (RFC 7143 13.12) until it declares
+/// its own, and a target's login answer is far smaller.
+const LOGIN_REPLY_MAX: usize = 8192;
+
+/// `inline` resized to `len` bytes (at most its capacity) for a reply to be written into.
+fn inline_out<const BUF: usize>(inline: &mut heapless::Vec<u8, BUF>, len: usize) -> &mut [u8] {
+    let _ = inline.resize(len.min(BUF), 0);
+    inline
 }
 
 fn copy_header(buf: &[u8]) -> [u8; BHS_LEN] {
@@ -267,7 +280,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             ready: Deque::new(),
             ctrl: Deque::new(),
             events: Deque::new(),
-            inline: [0; BUF],
+            inline: heapless::Vec::new(),
             inline_busy: false,
             text: TextExchange::new(),
             ttt_counter: 0,
@@ -446,9 +459,12 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         self.exp_stat_sn = req.exp_stat_sn;
         self.login_cmd_sn = req.cmd_sn;
         let hdr = login_header(&req);
-        let reply = self
-            .login
-            .handle_request(&hdr, req.data, hooks, &mut self.inline[..]);
+        let reply = self.login.handle_request(
+            &hdr,
+            req.data,
+            hooks,
+            inline_out(&mut self.inline, LOGIN_REPLY_MAX),
+        );
         self.inline_busy = true;
         let depth = self.config.queue_depth.clamp(1, super::MAX_QUEUE_DEPTH);
         let ctrl = Ctrl::Login {
@@ -853,7 +869,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             return done;
         }
         let len = n.data.len().min(BUF);
-        self.inline[..len].copy_from_slice(&n.data[..len]);
+        inline_out(&mut self.inline, len).copy_from_slice(&n.data[..len]);
         if len > 0 {
             self.inline_busy = true;
         }
@@ -939,7 +955,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         };
         let session_type = outcome.session_type;
         let max = (self.params.max_xmit_data_segment_length as usize).clamp(1, BUF);
-        let out = &mut self.inline[..max];
+        let out = inline_out(&mut self.inline, max);
         let text = &mut self.text;
         let mut result = None;
         {
@@ -1457,7 +1473,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             return Err(BufferTooSmall { required });
         }
         let (exp_cmd_sn, max_cmd_sn) = self.sns();
-        let inline_len = data_len.min(BUF);
+        let inline_len = data_len.min(self.inline.len());
         let pdu = match c {
             Ctrl::Login {
                 reply,

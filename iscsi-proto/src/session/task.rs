@@ -603,17 +603,20 @@ impl Task {
     }
 }
 
-/// A fixed-capacity table of `N` task slots.
+/// A fixed-capacity table of up to `N` task slots. Slots come into use lowest first and
+/// are reused once freed, so the table only ever initialises as many slots as the deepest
+/// queue the connection has seen: an idle connection's table is a few hundred bytes of
+/// touched memory however large `N` is, and lookups scan only the slots in use.
 #[derive(Clone, Debug)]
 pub(crate) struct TaskTable<const N: usize> {
-    slots: [Task; N],
+    slots: Vec<Task, N>,
     active: usize,
 }
 
 impl<const N: usize> TaskTable<N> {
     pub(crate) fn new() -> TaskTable<N> {
         TaskTable {
-            slots: core::array::from_fn(|_| Task::default()),
+            slots: Vec::new(),
             active: 0,
         }
     }
@@ -625,11 +628,13 @@ impl<const N: usize> TaskTable<N> {
 
     /// Claim a free slot.
     pub(crate) fn insert(&mut self) -> Result<TaskHandle, TaskSetFull> {
-        let index = self
-            .slots
-            .iter()
-            .position(|t| !t.active)
-            .ok_or(TaskSetFull)?;
+        let index = match self.slots.iter().position(|t| !t.active) {
+            Some(i) => i,
+            None => {
+                self.slots.push(Task::default()).map_err(|_| TaskSetFull)?;
+                self.slots.len() - 1
+            }
+        };
         let index16 = u16::try_from(index).map_err(|_| TaskSetFull)?;
         let slot = &mut self.slots[index];
         slot.generation = slot.generation.wrapping_add(1);
@@ -682,7 +687,7 @@ impl<const N: usize> TaskTable<N> {
 
     /// Handles of every active task.
     pub(crate) fn handles(&self) -> impl Iterator<Item = TaskHandle> + '_ {
-        (0..N).filter_map(move |i| self.handle_at(i))
+        (0..self.slots.len()).filter_map(move |i| self.handle_at(i))
     }
 }
 

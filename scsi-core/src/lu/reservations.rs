@@ -377,7 +377,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
 
     /// Queue `asc` for every nexus covered by a registration, but `except`.
     fn ua_registrants(&mut self, except: NexusId, asc: Asc) {
-        let regs = self.pr.regs;
+        let regs = &self.pr.regs;
         for n in self.nexus.iter_mut().flatten() {
             if n.id != except && regs.iter().flatten().any(|r| r.covers_port(&n.port, n.rtp)) {
                 n.push_ua(asc);
@@ -675,7 +675,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
 
     /// RESERVATIONS RELEASED for registrants not already marked in `done`.
     fn ua_registrants_marked(&mut self, except: NexusId, asc: Asc, done: &mut [bool]) {
-        let regs = self.pr.regs;
+        let regs = &self.pr.regs;
         for (k, n) in self.nexus.iter_mut().enumerate() {
             let Some(n) = n else { continue };
             if n.id == except || done.get(k).copied().unwrap_or(false) {
@@ -692,7 +692,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
     fn abort_preempted(&mut self, me: usize, hit: &[bool]) {
         let ids: [Option<NexusId>; NEXUS] = core::array::from_fn(|k| {
             if hit.get(k).copied().unwrap_or(false) {
-                self.nexus[k].map(|n| n.id)
+                self.nexus[k].as_ref().map(|n| n.id)
             } else {
                 None
             }
