@@ -76,4 +76,4 @@ pub use lun::{BsType, EngineTuning, LunStore, UnknownBsType};
 pub use memory::{CHUNK_SIZE, MemoryStore, NullStore};
 pub use nbd::{NbdOptions, NbdStore};
 pub use rdwr::{RdwrConfig, RdwrEngine};
-pub use store::{BackingStore, LbaStatus, check_range};
+pub use store::{BackingStore, CompareAndWrite, LbaStatus, check_range};

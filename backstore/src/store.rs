@@ -16,6 +16,19 @@ pub struct LbaStatus {
     pub len: u64,
 }
 
+/// The outcome of [`BackingStore::compare_and_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareAndWrite {
+    /// The data matched and the new data was written.
+    Written,
+    /// The data differed; nothing was written.
+    Miscompare {
+        /// Offset of the first differing byte, relative to the start of the request
+        /// (what SCSI reports in the sense INFORMATION field, in bytes).
+        offset: u64,
+    },
+}
+
 /// Positional block I/O on one logical unit's storage.
 ///
 /// Offsets and lengths are bytes. Every method first checks that the range lies inside
@@ -72,6 +85,48 @@ pub trait BackingStore: Send + Sync {
             mapped: true,
             len: self.size() - offset,
         })
+    }
+
+    /// COMPARE AND WRITE done by the store itself: compare `cmp` with the data at `offset`
+    /// and, only if equal, write `data` there (`cmp` and `data` have the same length; with
+    /// `fua` the write is durable before this returns). A difference is
+    /// `Ok(`[`CompareAndWrite::Miscompare`]`)` with nothing written.
+    ///
+    /// The default answers [`StoreError::UNSUPPORTED`]: the caller then emulates it (read,
+    /// compare, write — iscsi-target's executor does, while scsi-core holds back
+    /// overlapping commands of the same LU). A store implements it when it can do better
+    /// than that, i.e. atomically against other users of the same storage; an
+    /// implementation documents which ranges it cannot do atomically.
+    fn compare_and_write(
+        &self,
+        cmp: &[u8],
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+    ) -> Result<CompareAndWrite, StoreError> {
+        let _ = (cmp, data, offset, fua);
+        Err(StoreError::UNSUPPORTED)
+    }
+
+    /// WRITE SAME done by the store itself: `block` repeated over `len` bytes at `offset`
+    /// (`len` a multiple of `block.len()`); with `fua` durable before this returns.
+    ///
+    /// The default answers [`StoreError::UNSUPPORTED`]: the caller then writes the
+    /// repeated block itself, in chunks. (Zero blocks and unmapping go through
+    /// [`write_zeroes`](Self::write_zeroes) and [`unmap`](Self::unmap) instead.)
+    fn write_same(&self, offset: u64, len: u64, block: &[u8], fua: bool) -> Result<(), StoreError> {
+        let _ = (offset, len, block, fua);
+        Err(StoreError::UNSUPPORTED)
+    }
+
+    /// Re-read the size from the storage, for stores whose size can change behind the
+    /// target's back (an RBD image resized with `rbd resize`). Returns the new size (a
+    /// multiple of the block size) when it differs from what [`size`](Self::size) reported
+    /// before this call — `size` reports the new one from now on — and `None` when it did
+    /// not change. The default: `None`, the size never changes (nothing is checked, so a
+    /// caller may poll every store cheaply).
+    fn refresh_size(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
 
     /// Serve a read without blocking, if the store can do so right now (for a file: the
@@ -154,6 +209,21 @@ impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {
     fn lba_status(&self, offset: u64) -> Result<LbaStatus, StoreError> {
         (**self).lba_status(offset)
     }
+    fn compare_and_write(
+        &self,
+        cmp: &[u8],
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+    ) -> Result<CompareAndWrite, StoreError> {
+        (**self).compare_and_write(cmp, data, offset, fua)
+    }
+    fn write_same(&self, offset: u64, len: u64, block: &[u8], fua: bool) -> Result<(), StoreError> {
+        (**self).write_same(offset, len, block, fua)
+    }
+    fn refresh_size(&self) -> Result<Option<u64>, StoreError> {
+        (**self).refresh_size()
+    }
     fn try_read_cached(&self, buf: &mut [u8], offset: u64) -> Option<Result<usize, StoreError>> {
         (**self).try_read_cached(buf, offset)
     }
@@ -173,6 +243,84 @@ mod tests {
             Err(StoreError::OUT_OF_RANGE)
         );
         assert_eq!(check_range(4097, 0, 4096), Err(StoreError::OUT_OF_RANGE));
+    }
+
+    /// A store with the optional methods implemented, to see them through an `Arc`.
+    struct Native;
+    impl BackingStore for Native {
+        fn size(&self) -> u64 {
+            4096
+        }
+        fn block_size(&self) -> u32 {
+            512
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn is_thin(&self) -> bool {
+            false
+        }
+        fn read_at(&self, buf: &mut [u8], _: u64) -> Result<usize, StoreError> {
+            Ok(buf.len())
+        }
+        fn write_at(&self, buf: &[u8], _: u64, _: bool) -> Result<usize, StoreError> {
+            Ok(buf.len())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn compare_and_write(
+            &self,
+            cmp: &[u8],
+            _: &[u8],
+            offset: u64,
+            fua: bool,
+        ) -> Result<CompareAndWrite, StoreError> {
+            Ok(CompareAndWrite::Miscompare {
+                offset: cmp.len() as u64 + offset + u64::from(fua),
+            })
+        }
+        fn write_same(&self, offset: u64, len: u64, b: &[u8], fua: bool) -> Result<(), StoreError> {
+            if (offset, len, b.len(), fua) == (512, 1024, 512, true) {
+                Ok(())
+            } else {
+                Err(StoreError::INVALID)
+            }
+        }
+        fn refresh_size(&self) -> Result<Option<u64>, StoreError> {
+            Ok(Some(8192))
+        }
+    }
+
+    #[test]
+    fn optional_methods_default_to_unsupported_and_forward_through_arc() {
+        let mem = crate::MemoryStore::new(1 << 20, 512).unwrap();
+        assert_eq!(
+            mem.compare_and_write(&[0; 512], &[1; 512], 0, false),
+            Err(StoreError::UNSUPPORTED)
+        );
+        assert_eq!(
+            mem.write_same(0, 1024, &[1; 512], false),
+            Err(StoreError::UNSUPPORTED)
+        );
+        assert_eq!(mem.refresh_size(), Ok(None));
+        // Nothing was written by the refusals.
+        let mut back = [7u8; 1024];
+        mem.read_at(&mut back, 0).unwrap();
+        assert_eq!(back, [0; 1024]);
+
+        let native: std::sync::Arc<dyn BackingStore> = std::sync::Arc::new(Native);
+        let arc = std::sync::Arc::new(native);
+        assert_eq!(
+            arc.compare_and_write(&[0; 512], &[1; 512], 1000, true),
+            Ok(CompareAndWrite::Miscompare { offset: 1513 })
+        );
+        assert_eq!(arc.write_same(512, 1024, &[1; 512], true), Ok(()));
+        assert_eq!(
+            arc.write_same(512, 1024, &[1; 512], false),
+            Err(StoreError::INVALID)
+        );
+        assert_eq!(arc.refresh_size(), Ok(Some(8192)));
     }
 
     #[test]

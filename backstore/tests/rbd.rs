@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use backstore::rbd::{CompareAndWrite, RbdEngine, RbdOptions, RbdSpec, RbdStore};
+use backstore::rbd::{RbdEngine, RbdOptions, RbdSpec, RbdStore};
 use backstore::{
-    BackingStore, Completion, Engine, ErrorKind, IoBuf, LbaStatus, Notify, Op, OpenErrorKind,
-    Request, StoreError,
+    BackingStore, CompareAndWrite, Completion, Engine, ErrorKind, IoBuf, LbaStatus, Notify, Op,
+    OpenErrorKind, Request, StoreError,
 };
 
 const MIB: u64 = 1 << 20;
@@ -413,20 +413,57 @@ fn compare_and_write_success_and_miscompare() {
     let a = pattern(60, 512);
     let b = pattern(61, 512);
     assert_eq!(store.write_at(&a, 4096, false), Ok(512));
+    // One sector: librbd's own, atomic compare-and-write.
     assert_eq!(
-        store.compare_and_write(&a, &b, 4096),
+        store.compare_and_write(&a, &b, 4096, false),
         Ok(CompareAndWrite::Written)
     );
     assert_eq!(read(&store, 4096, 512), b);
-    // Compare against stale data: differs at the first byte where `a` and `b` differ.
+    // Compare against stale data: differs at the byte that was changed.
     let mut stale = b.clone();
     stale[300] ^= 0xFF;
     let c2 = pattern(62, 512);
     assert_eq!(
-        store.compare_and_write(&stale, &c2, 4096),
+        store.compare_and_write(&stale, &c2, 4096, false),
         Ok(CompareAndWrite::Miscompare { offset: 300 })
     );
     assert_eq!(read(&store, 4096, 512), b, "miscompare wrote nothing");
+    // Differences at the first and the last byte.
+    let mut first = b.clone();
+    first[0] ^= 1;
+    assert_eq!(
+        store.compare_and_write(&first, &c2, 4096, true),
+        Ok(CompareAndWrite::Miscompare { offset: 0 })
+    );
+    let mut last = b.clone();
+    last[511] ^= 1;
+    assert_eq!(
+        store.compare_and_write(&last, &c2, 4096, true),
+        Ok(CompareAndWrite::Miscompare { offset: 511 })
+    );
+    // With FUA: written and visible to another client of the image.
+    assert_eq!(
+        store.compare_and_write(&b, &c2, 4096, true),
+        Ok(CompareAndWrite::Written)
+    );
+    let other = RbdStore::open(&spec, &RbdOptions::default()).unwrap();
+    assert_eq!(read(&other, 4096, 512), c2, "FUA compare-and-write");
+    // A sector in a later RADOS object (4 MiB objects): the offset is still relative to
+    // the request.
+    let far = 9 * MIB + 1536;
+    let d = pattern(67, 512);
+    assert_eq!(store.write_at(&d, far, false), Ok(512));
+    let mut bad = d.clone();
+    bad[77] ^= 0x10;
+    assert_eq!(
+        store.compare_and_write(&bad, &a, far, false),
+        Ok(CompareAndWrite::Miscompare { offset: 77 })
+    );
+    assert_eq!(
+        store.compare_and_write(&d, &a, far, false),
+        Ok(CompareAndWrite::Written)
+    );
+    assert_eq!(read(&store, far, 512), a);
     // Two blocks (librbd does one sector only: emulated); first difference in the second
     // block, then a match.
     let two = pattern(63, 1024);
@@ -434,7 +471,7 @@ fn compare_and_write_success_and_miscompare() {
     let mut cmp = two.clone();
     cmp[700] ^= 1;
     assert_eq!(
-        store.compare_and_write(&cmp, &pattern(64, 1024), 8192),
+        store.compare_and_write(&cmp, &pattern(64, 1024), 8192, false),
         Ok(CompareAndWrite::Miscompare { offset: 700 })
     );
     same(
@@ -443,7 +480,7 @@ fn compare_and_write_success_and_miscompare() {
         "multi-sector miscompare wrote nothing",
     );
     assert_eq!(
-        store.compare_and_write(&two, &pattern(64, 1024), 8192),
+        store.compare_and_write(&two, &pattern(64, 1024), 8192, true),
         Ok(CompareAndWrite::Written)
     );
     same(
@@ -451,7 +488,7 @@ fn compare_and_write_success_and_miscompare() {
         &pattern(64, 1024),
         "multi-sector write",
     );
-    // One 4 KiB block on a 4096-byte-block store.
+    // One 4 KiB block on a 4096-byte-block store (emulated too).
     let store4k = RbdStore::open(
         &spec,
         &RbdOptions {
@@ -463,7 +500,7 @@ fn compare_and_write_success_and_miscompare() {
     let blk = pattern(65, 4096);
     assert_eq!(store4k.write_at(&blk, 3 * 4096, false), Ok(4096));
     assert_eq!(
-        store4k.compare_and_write(&blk, &pattern(66, 4096), 3 * 4096),
+        store4k.compare_and_write(&blk, &pattern(66, 4096), 3 * 4096, false),
         Ok(CompareAndWrite::Written)
     );
     same(
@@ -473,13 +510,98 @@ fn compare_and_write_success_and_miscompare() {
     );
     // Length mismatch and range errors.
     assert_eq!(
-        store.compare_and_write(&a, &b[..256], 0),
+        store.compare_and_write(&a, &b[..256], 0, false),
         Err(StoreError::INVALID)
     );
     assert_eq!(
-        store.compare_and_write(&a, &b, 16 * MIB),
+        store.compare_and_write(&a, &b, 16 * MIB, false),
         Err(StoreError::OUT_OF_RANGE)
     );
+    assert_eq!(
+        store.compare_and_write(&a, &b, 16 * MIB - 256, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+}
+
+#[test]
+fn compare_and_write_miscompare_offset_on_a_striped_image() {
+    let c = need_cluster!();
+    // Fancy striping: 64 KiB stripe units over 2 objects, so image offsets and object
+    // offsets do not line up; librbd's mismatch offset has to be placed by reading.
+    let spec = c.spec(&format!("striped-{}", std::process::id()));
+    c.rbd(&[
+        "create",
+        &spec.image_spec(),
+        "--size",
+        "16M",
+        "--stripe-unit",
+        "65536",
+        "--stripe-count",
+        "2",
+    ]);
+    let store = RbdStore::open(&spec, &RbdOptions::default()).unwrap();
+    // The second object's first stripe unit, and the first object's second one.
+    for at in [65536 + 1536, 2 * 65536 + 1536] {
+        let d = pattern(at, 512);
+        assert_eq!(store.write_at(&d, at, false), Ok(512));
+        for k in [0usize, 77, 511] {
+            let mut bad = d.clone();
+            bad[k] ^= 0x40;
+            assert_eq!(
+                store.compare_and_write(&bad, &[9; 512], at, false),
+                Ok(CompareAndWrite::Miscompare { offset: k as u64 }),
+                "offset {at}, byte {k}"
+            );
+        }
+        assert_eq!(read(&store, at, 512), d);
+        assert_eq!(
+            store.compare_and_write(&d, &[9; 512], at, false),
+            Ok(CompareAndWrite::Written)
+        );
+        assert_eq!(read(&store, at, 512), vec![9; 512]);
+    }
+}
+
+#[test]
+fn compare_and_write_is_atomic_between_threads() {
+    let c = need_cluster!();
+    let (_spec, store) = c.open("caw-mt", 16);
+    let store = Arc::new(store);
+    // A counter in one sector (native) and one in a 4 KiB range (emulated): each of 4
+    // threads increments both 25 times by compare-and-write, retrying on a miscompare.
+    // Lost updates would leave the counters short of 100.
+    for (off, len) in [(0u64, 512usize), (65536, 4096)] {
+        assert_eq!(store.write_at(&vec![0; len], off, false), Ok(len));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut done = 0;
+                    let mut cur = vec![0u8; len];
+                    while done < 25 {
+                        assert_eq!(store.read_at(&mut cur, off), Ok(len));
+                        let n = u64::from_le_bytes(cur[..8].try_into().unwrap());
+                        let mut next = cur.clone();
+                        next[..8].copy_from_slice(&(n + 1).to_le_bytes());
+                        next[len - 1] = (n + 1) as u8;
+                        match store.compare_and_write(&cur, &next, off, false) {
+                            Ok(CompareAndWrite::Written) => done += 1,
+                            Ok(CompareAndWrite::Miscompare { offset }) => {
+                                assert!(offset < 8 || offset == len as u64 - 1, "{offset}")
+                            }
+                            Err(e) => panic!("compare-and-write: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("worker");
+        }
+        let got = read(&store, off, len);
+        assert_eq!(u64::from_le_bytes(got[..8].try_into().unwrap()), 100);
+        assert_eq!(got[len - 1], 100);
+    }
 }
 
 #[test]
@@ -487,16 +609,160 @@ fn write_same_repeats_pattern() {
     let c = need_cluster!();
     let (_spec, store) = c.open("wsame", 16);
     let block = pattern(70, 512);
-    assert_eq!(store.write_same(&block, 4096, 64 * 512), Ok(()));
+    assert_eq!(store.write_same(4096, 64 * 512, &block, false), Ok(()));
     let got = read(&store, 4096, 64 * 512);
     for chunk in got.chunks(512) {
         assert_eq!(chunk, &block[..]);
     }
     assert_eq!(read(&store, 4096 - 512, 512), vec![0; 512]);
     assert_eq!(read(&store, 4096 + 64 * 512, 512), vec![0; 512]);
-    assert_eq!(store.write_same(&block, 0, 700), Err(StoreError::INVALID));
-    assert_eq!(store.write_same(&[], 0, 512), Err(StoreError::INVALID));
-    assert_eq!(store.write_same(&block, 0, 0), Ok(()));
+    // Across an object boundary, with FUA, with a 4 KiB pattern.
+    let big = pattern(71, 4096);
+    assert_eq!(
+        store.write_same(4 * MIB - 8192, 4 * 4096, &big, true),
+        Ok(())
+    );
+    let got = read(&store, 4 * MIB - 8192, 4 * 4096);
+    for chunk in got.chunks(4096) {
+        same(chunk, &big, "4 KiB pattern");
+    }
+    // A zero pattern reads back as zeroes.
+    assert_eq!(store.write_same(4096, 8 * 512, &[0; 512], false), Ok(()));
+    assert_eq!(read(&store, 4096, 8 * 512), vec![0; 8 * 512]);
+    assert_eq!(read(&store, 4096 + 8 * 512, 512), block);
+    assert_eq!(
+        store.write_same(0, 700, &block, false),
+        Err(StoreError::INVALID)
+    );
+    assert_eq!(
+        store.write_same(0, 512, &[], false),
+        Err(StoreError::INVALID)
+    );
+    assert_eq!(store.write_same(0, 0, &block, false), Ok(()));
+    assert_eq!(
+        store.write_same(16 * MIB - 512, 1024, &block, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+}
+
+#[test]
+fn native_calls_through_dyn_backing_store_and_read_only() {
+    let c = need_cluster!();
+    let (spec, store) = c.open("dyn", 16);
+    // As the daemon holds it.
+    let store: Arc<dyn BackingStore> = Arc::new(store);
+    let a = pattern(80, 512);
+    assert_eq!(store.write_at(&a, 0, false), Ok(512));
+    assert_eq!(
+        store.compare_and_write(&a, &[1; 512], 0, false),
+        Ok(CompareAndWrite::Written)
+    );
+    assert_eq!(
+        store.compare_and_write(&a, &[2; 512], 0, false),
+        Ok(CompareAndWrite::Miscompare { offset: 0 })
+    );
+    assert_eq!(store.write_same(512, 1024, &[3; 512], false), Ok(()));
+    let mut back = vec![0u8; 1536];
+    assert_eq!(store.read_at(&mut back, 0), Ok(1536));
+    assert!(back[..512].iter().all(|b| *b == 1));
+    assert!(back[512..].iter().all(|b| *b == 3));
+    assert_eq!(store.refresh_size(), Ok(None));
+    // A read-only store refuses both before reaching librbd.
+    let ro = RbdStore::open(
+        &spec,
+        &RbdOptions {
+            read_only: true,
+            ..RbdOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        ro.compare_and_write(&[1; 512], &[2; 512], 0, false),
+        Err(StoreError::READ_ONLY)
+    );
+    assert_eq!(
+        ro.write_same(0, 512, &[1; 512], false),
+        Err(StoreError::READ_ONLY)
+    );
+}
+
+#[test]
+fn shrink_makes_io_beyond_the_end_out_of_range() {
+    let c = need_cluster!();
+    let (spec, store) = c.open("shrink", 32);
+    let data = pattern(90, 4096);
+    assert_eq!(store.write_at(&data, 20 * MIB, false), Ok(4096));
+    c.rbd(&[
+        "resize",
+        &spec.image_spec(),
+        "--size",
+        "16M",
+        "--allow-shrink",
+    ]);
+    // Before the store looked again: whatever librbd does with it (EINVAL, a short read,
+    // a write clipped at the new end and reported done) becomes OUT_OF_RANGE, never a
+    // success.
+    assert_eq!(store.size(), 32 * MIB);
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(
+        store.read_at(&mut buf, 20 * MIB),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.read_at(&mut buf, 16 * MIB - 2048),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_at(&data, 20 * MIB, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_at(&data, 16 * MIB - 2048, true),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_same(16 * MIB - 512, 1024, &[1; 512], false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_zeroes(16 * MIB - 512, 1024),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.unmap(16 * MIB - 512, 1024),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.compare_and_write(&[0; 1024], &[1; 1024], 16 * MIB - 512, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    // Entirely inside the new size: still fine.
+    assert_eq!(store.write_at(&data, 8 * MIB, false), Ok(4096));
+    assert_eq!(store.refresh_size(), Ok(Some(16 * MIB)));
+    assert_eq!(store.size(), 16 * MIB);
+    assert_eq!(store.refresh_size(), Ok(None));
+    // Everything beyond the new end is refused up front.
+    assert_eq!(
+        store.read_at(&mut buf, 16 * MIB - 2048),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_at(&data, 16 * MIB, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.compare_and_write(&[0; 512], &[1; 512], 16 * MIB, false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(
+        store.write_same(16 * MIB - 512, 1024, &[1; 512], false),
+        Err(StoreError::OUT_OF_RANGE)
+    );
+    assert_eq!(store.unmap(16 * MIB, 512), Err(StoreError::OUT_OF_RANGE));
+    assert_eq!(store.lba_status(16 * MIB), Err(StoreError::OUT_OF_RANGE));
+    // The last block still works.
+    assert_eq!(store.write_at(&data[..512], 16 * MIB - 512, false), Ok(512));
+    assert_eq!(read(&store, 16 * MIB - 512, 512), data[..512]);
 }
 
 #[test]
@@ -766,7 +1032,7 @@ fn zero_length_requests_do_not_reach_librbd() {
     assert_eq!(store.write_at(&[], 0, true), Ok(0));
     assert_eq!(store.write_zeroes(0, 0), Ok(()));
     assert_eq!(
-        store.compare_and_write(&[], &[], 0),
+        store.compare_and_write(&[], &[], 0, false),
         Ok(CompareAndWrite::Written)
     );
     assert_eq!(

@@ -5,8 +5,25 @@
 //! thread-per-connection runtime calls it inline; the reactor runtime calls it from a worker
 //! for the compound operations (VERIFY, COMPARE AND WRITE, ORWRITE, WRITE SAME, UNMAP, GET
 //! LBA STATUS) and sends plain reads, writes and flushes to its asynchronous engine.
+//!
+//! COMPARE AND WRITE and WRITE SAME use the store's own
+//! [`compare_and_write`](BackingStore::compare_and_write) and
+//! [`write_same`](BackingStore::write_same) when it has them (Ceph RBD: librbd's atomic
+//! compare-and-write, `rbd_aio_writesame`), and emulate them when the store answers
+//! [`ErrorKind::Unsupported`] (file, memory, NBD stores):
+//!
+//! - COMPARE AND WRITE natively → [`IoAnswer::Complete`] with [`IoResult::Ok`] (scsi-core
+//!   completes it with GOOD and issues no separate write) or [`IoResult::Miscompare`] with
+//!   the offset of the first differing byte (CHECK CONDITION, MISCOMPARE / MISCOMPARE
+//!   DURING VERIFY OPERATION, the offset in INFORMATION). Emulated → the range is read
+//!   and [`IoAnswer::Compare`] hands it to scsi-core's `compare_data`, which reports the
+//!   miscompare the same way or issues the write of the second half of the Data-Out
+//!   buffer as a second request.
+//! - WRITE SAME natively → one call for the whole range; emulated → the block repeated in
+//!   a buffer of up to 1 MiB, written piece by piece. The UNMAP bit (deallocate) and a zero
+//!   block or NDOB (write zeroes) do not go through `write_same` at all.
 
-use backstore::{BackingStore, ErrorKind, StoreError};
+use backstore::{BackingStore, CompareAndWrite, ErrorKind, StoreError};
 use scsi_core::{
     IoOp, IoRequest, IoResult, SanitizeKind, TaskId, UnmapRanges, VerifyMode, or_into,
 };
@@ -328,6 +345,11 @@ fn run(
             }
             let bs = req.block_size as usize;
             let block = slice(data, req.data_offset as usize, bs)?;
+            match store.write_same(off, len, block, req.fua) {
+                Ok(()) => return Ok(ok),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                Err(e) => return Err(io_result(e, true)),
+            }
             let per = (WRITE_SAME_CHUNK / bs).max(1);
             let chunk_blocks = (req.blocks).min(per as u64) as usize;
             scratch.clear();
@@ -361,6 +383,20 @@ fn run(
         }
         IoOp::CompareAndWrite => {
             let n = len_of(req)?;
+            // The Data-Out buffer: the data to compare, then the data to write.
+            let at = req.data_offset as usize;
+            let cmp = slice(data, at, n)?;
+            let new = slice(data, at.checked_add(n).ok_or(IoResult::Failed)?, n)?;
+            match store.compare_and_write(cmp, new, off, req.fua) {
+                Ok(CompareAndWrite::Written) => return Ok(ok),
+                Ok(CompareAndWrite::Miscompare { offset }) => {
+                    // Keep a store's bogus offset inside the compared range.
+                    let offset = offset.min(req.byte_len().saturating_sub(1));
+                    return Ok(IoAnswer::Complete(IoResult::Miscompare { offset }));
+                }
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                Err(e) => return Err(io_result(e, true)),
+            }
             scratch.resize(n, 0);
             read_full(store, scratch, off)?;
             Ok(IoAnswer::Compare {
@@ -720,5 +756,408 @@ mod tests {
 
     fn libc_eio() -> i32 {
         5
+    }
+
+    /// A RAM disk with the optional native methods, recording how it was called; with
+    /// `native` off they answer Unsupported (as file/memory/NBD stores do).
+    struct NativeStore {
+        inner: MemoryStore,
+        native: bool,
+        fail: Option<StoreError>,
+        /// Report every compare as a miscompare at this offset.
+        miscompare_at: Option<u64>,
+        calls: std::sync::Mutex<Vec<String>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl NativeStore {
+        fn new(native: bool) -> NativeStore {
+            NativeStore {
+                inner: MemoryStore::new(4 << 20, 512).unwrap(),
+                native,
+                fail: None,
+                miscompare_at: None,
+                calls: Default::default(),
+                reads: Default::default(),
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl BackingStore for NativeStore {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn block_size(&self) -> u32 {
+            self.inner.block_size()
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn is_thin(&self) -> bool {
+            true
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("write {offset} {} {fua}", buf.len()));
+            self.inner.write_at(buf, offset, fua)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn unmap(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("unmap {offset} {len}"));
+            self.inner.unmap(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("zeroes {offset} {len}"));
+            self.inner.write_zeroes(offset, len)
+        }
+        fn compare_and_write(
+            &self,
+            cmp: &[u8],
+            data: &[u8],
+            offset: u64,
+            fua: bool,
+        ) -> Result<CompareAndWrite, StoreError> {
+            if !self.native {
+                return Err(StoreError::UNSUPPORTED);
+            }
+            self.calls.lock().unwrap().push(format!(
+                "caw {offset} {} {} {fua}",
+                cmp.len(),
+                data.len()
+            ));
+            if let Some(e) = self.fail {
+                return Err(e);
+            }
+            if let Some(offset) = self.miscompare_at {
+                return Ok(CompareAndWrite::Miscompare { offset });
+            }
+            let mut cur = vec![0u8; cmp.len()];
+            self.inner.read_at(&mut cur, offset)?;
+            if let Some(i) = cur.iter().zip(cmp).position(|(a, b)| a != b) {
+                return Ok(CompareAndWrite::Miscompare { offset: i as u64 });
+            }
+            self.inner.write_at(data, offset, fua)?;
+            Ok(CompareAndWrite::Written)
+        }
+        fn write_same(
+            &self,
+            offset: u64,
+            len: u64,
+            block: &[u8],
+            fua: bool,
+        ) -> Result<(), StoreError> {
+            if !self.native {
+                return Err(StoreError::UNSUPPORTED);
+            }
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("same {offset} {len} {} {fua}", block.len()));
+            if let Some(e) = self.fail {
+                return Err(e);
+            }
+            let mut at = offset;
+            while at < offset + len {
+                self.inner.write_at(block, at, fua)?;
+                at += block.len() as u64;
+            }
+            Ok(())
+        }
+    }
+
+    /// A COMPARE AND WRITE request of `blocks` blocks at `lba` (Data-Out: 2 × blocks).
+    fn caw_req(lba: u64, blocks: u64, fua: bool) -> IoRequest {
+        let mut r = req(IoOp::CompareAndWrite, lba, blocks);
+        r.fua = fua;
+        r.transfer_len = (2 * blocks * 512) as u32;
+        r
+    }
+
+    fn read_back(s: &dyn BackingStore, lba: u64, blocks: u64) -> Vec<u8> {
+        let mut b = vec![0u8; blocks as usize * 512];
+        s.read_at(&mut b, lba * 512).unwrap();
+        b
+    }
+
+    #[test]
+    fn native_compare_and_write_success_and_miscompare() {
+        let s = NativeStore::new(true);
+        let old: Vec<u8> = (0..1024u32).map(|i| (i % 253) as u8).collect();
+        s.inner.write_at(&old, 8 * 512, false).unwrap();
+        let mut scratch = Vec::new();
+        // Match: written in one native call, no read by the executor.
+        let mut data = old.clone();
+        data.extend_from_slice(&[0x33; 1024]);
+        let a = execute(&s, &caw_req(8, 2, true), &mut data, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::Ok));
+        assert_eq!(s.calls(), ["caw 4096 1024 1024 true"]);
+        assert_eq!(s.reads(), 0);
+        assert!(scratch.is_empty());
+        assert_eq!(read_back(&s.inner, 8, 2), vec![0x33; 1024]);
+        // Miscompare at byte 700 of the compared range: nothing written.
+        let mut data = vec![0x33u8; 1024];
+        data[700] = 0;
+        data.extend_from_slice(&[0x44; 1024]);
+        let a = execute(&s, &caw_req(8, 2, false), &mut data, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::Miscompare { offset: 700 }));
+        assert_eq!(read_back(&s.inner, 8, 2), vec![0x33; 1024]);
+        let mut rec = Rec::default();
+        a.apply(&mut rec, caw_req(8, 2, false).task, &data, &scratch);
+        assert_eq!(rec.0, ["complete Miscompare { offset: 700 }"]);
+        // A store error is a write error; nothing is emulated after it.
+        let mut failing = NativeStore::new(true);
+        failing.fail = Some(StoreError::IO);
+        let a = execute(&failing, &caw_req(8, 2, false), &mut data, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::WriteError));
+        assert_eq!(failing.reads(), 0);
+        failing.fail = Some(StoreError::OUT_OF_RANGE);
+        let a = execute(&failing, &caw_req(8, 2, false), &mut data, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::OutOfRange));
+        // An offset past the compared range (a store's bug) is kept inside it.
+        let mut odd = NativeStore::new(true);
+        odd.miscompare_at = Some(5000);
+        let a = execute(&odd, &caw_req(8, 2, false), &mut data, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::Miscompare { offset: 1023 }));
+        // A Data-Out buffer shorter than both halves fails cleanly.
+        let mut short = vec![0x33u8; 1500];
+        let a = execute(&s, &caw_req(8, 2, false), &mut short, &mut scratch);
+        assert_eq!(a, IoAnswer::Complete(IoResult::Failed));
+    }
+
+    #[test]
+    fn compare_and_write_falls_back_to_emulation() {
+        let s = NativeStore::new(false);
+        s.inner.write_at(&[5; 512], 0, false).unwrap();
+        let mut scratch = Vec::new();
+        let mut data = vec![5u8; 512];
+        data.extend_from_slice(&[6; 512]);
+        let a = execute(&s, &caw_req(0, 1, false), &mut data, &mut scratch);
+        // The range is read for scsi-core's compare_data; no write yet.
+        assert_eq!(
+            a,
+            IoAnswer::Compare {
+                read_len: 512,
+                expected_len: 512
+            }
+        );
+        assert_eq!(s.reads(), 1);
+        assert!(s.calls().is_empty());
+        assert_eq!(scratch, vec![5; 512]);
+        // MemoryStore has no native compare-and-write either.
+        let m = store();
+        let a = execute(&m, &caw_req(0, 1, false), &mut data, &mut scratch);
+        assert_eq!(
+            a,
+            IoAnswer::Compare {
+                read_len: 512,
+                expected_len: 512
+            }
+        );
+    }
+
+    /// Drives one COMPARE AND WRITE through a real scsi-core LU and `execute` (the way the
+    /// driver does): its final status, sense bytes, and the I/O requests it made.
+    fn caw_through_lu(
+        s: &dyn BackingStore,
+        compare: &[u8],
+        write: &[u8],
+    ) -> (scsi_core::ScsiStatus, Vec<u8>, Vec<IoOp>) {
+        use scsi_core::{Action, DataDirection, LogicalUnit, LuConfig, TaskAttr};
+        struct Lu<'a>(&'a mut LogicalUnit<8, 2>);
+        impl IoCallbacks for Lu<'_> {
+            fn complete_io(&mut self, task: TaskId, r: IoResult) {
+                self.0.complete_io(task, r).unwrap();
+            }
+            fn compare_data(&mut self, task: TaskId, read: &[u8], expected: &[u8]) {
+                self.0.compare_data(task, read, expected).unwrap();
+            }
+            fn lba_status_result(&mut self, task: TaskId, mapped: bool, blocks: u64) {
+                self.0.lba_status_result(task, mapped, blocks).unwrap();
+            }
+        }
+        let nexus = NexusId(1);
+        let mut lu = LogicalUnit::<8, 2>::new(LuConfig::new(2048).thin(true));
+        lu.add_nexus(nexus).unwrap();
+        // TEST UNIT READY clears the POWER ON unit attention.
+        lu.submit(
+            nexus,
+            TaskTag(1),
+            &[0; 6],
+            DataDirection::None,
+            0,
+            TaskAttr::Simple,
+        )
+        .unwrap();
+        while lu.poll_action().is_some() {}
+        let blocks = compare.len() / 512;
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x89;
+        cdb[2..10].copy_from_slice(&8u64.to_be_bytes());
+        cdb[13] = blocks as u8;
+        let mut data = compare.to_vec();
+        data.extend_from_slice(write);
+        let task = TaskId {
+            nexus,
+            tag: TaskTag(2),
+        };
+        lu.submit(
+            nexus,
+            task.tag,
+            &cdb,
+            DataDirection::Write,
+            data.len() as u32,
+            TaskAttr::Simple,
+        )
+        .unwrap();
+        let mut scratch = Vec::new();
+        let mut ops = Vec::new();
+        loop {
+            match lu.poll_action().expect("an action") {
+                Action::NeedDataOut { len, .. } => {
+                    assert_eq!(len as usize, data.len());
+                    lu.data_out_ready(task, &data).unwrap();
+                }
+                Action::Io(io) => {
+                    ops.push(io.op);
+                    let a = execute(s, &io, &mut data, &mut scratch);
+                    a.apply(&mut Lu(&mut lu), io.task, &data, &scratch);
+                }
+                Action::Complete { status, sense, .. } => {
+                    let sense = sense.map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+                    return (status, sense, ops);
+                }
+                a => panic!("unexpected {a:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn native_and_emulated_compare_and_write_report_the_same_to_the_initiator() {
+        use scsi_core::ScsiStatus;
+        let old: Vec<u8> = (0..1024u32).map(|i| (i % 7) as u8).collect();
+        let mut bad = old.clone();
+        bad[515] ^= 0xFF;
+        // Fixed-format sense: VALID, MISCOMPARE, INFORMATION = 515, additional length 10,
+        // MISCOMPARE DURING VERIFY OPERATION (0x1D/0x00).
+        let miscompare = [
+            0xF0, 0, 0x0E, 0, 0, 0x02, 0x03, 10, 0, 0, 0, 0, 0x1D, 0x00, 0, 0, 0, 0,
+        ];
+        for native in [true, false] {
+            let s = NativeStore::new(native);
+            s.inner.write_at(&old, 8 * 512, false).unwrap();
+            let (status, sense, ops) = caw_through_lu(&s, &bad, &[9; 1024]);
+            assert_eq!(status, ScsiStatus::CheckCondition, "native {native}");
+            assert_eq!(sense, miscompare, "native {native}");
+            assert_eq!(ops, [IoOp::CompareAndWrite], "native {native}");
+            assert_eq!(read_back(&s.inner, 8, 2), old, "native {native}");
+
+            let (status, sense, ops) = caw_through_lu(&s, &old, &[9; 1024]);
+            assert_eq!(status, ScsiStatus::Good, "native {native}");
+            assert!(sense.is_empty());
+            // Natively one request; emulated the compare, then scsi-core's write.
+            let want: &[IoOp] = if native {
+                &[IoOp::CompareAndWrite]
+            } else {
+                &[IoOp::CompareAndWrite, IoOp::Write]
+            };
+            assert_eq!(ops, want, "native {native}");
+            assert_eq!(read_back(&s.inner, 8, 2), vec![9; 1024], "native {native}");
+            let native_calls = s.calls().iter().filter(|c| c.starts_with("caw")).count();
+            assert_eq!(native_calls, if native { 2 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn native_write_same_and_fallbacks() {
+        let ws = |unmap, ndob, zero| IoOp::WriteSame { unmap, ndob, zero };
+        let mut scratch = Vec::new();
+        // Native: one call for the whole range, FUA passed on, no chunk buffer.
+        let s = NativeStore::new(true);
+        let mut block = vec![0xA5u8; 512];
+        let mut r = req(ws(false, false, false), 100, 300);
+        r.fua = true;
+        r.transfer_len = 512;
+        assert_eq!(
+            execute(&s, &r, &mut block, &mut scratch),
+            IoAnswer::Complete(IoResult::Ok)
+        );
+        assert_eq!(
+            s.calls(),
+            [format!("same {} {} 512 true", 100 * 512, 300 * 512)]
+        );
+        assert!(scratch.is_empty());
+        assert!(read_back(&s.inner, 100, 300).iter().all(|b| *b == 0xA5));
+        assert_eq!(read_back(&s.inner, 400, 1), vec![0; 512]);
+        // UNMAP and zero blocks never reach write_same.
+        let s = NativeStore::new(true);
+        execute(
+            &s,
+            &req(ws(true, false, true), 0, 8),
+            &mut block,
+            &mut scratch,
+        );
+        execute(
+            &s,
+            &req(ws(false, false, true), 8, 8),
+            &mut block,
+            &mut scratch,
+        );
+        execute(
+            &s,
+            &req(ws(false, true, true), 16, 8),
+            &mut block,
+            &mut scratch,
+        );
+        assert_eq!(
+            s.calls(),
+            ["unmap 0 4096", "zeroes 4096 4096", "zeroes 8192 4096"]
+        );
+        // A native failure is a write error, not retried by emulation.
+        let mut f = NativeStore::new(true);
+        f.fail = Some(StoreError::NO_SPACE);
+        assert_eq!(
+            execute(
+                &f,
+                &req(ws(false, false, false), 0, 4),
+                &mut block,
+                &mut scratch
+            ),
+            IoAnswer::Complete(IoResult::NoSpace)
+        );
+        assert_eq!(f.calls(), ["same 0 2048 512 false"]);
+        // Unsupported: the chunked emulation writes the block repeated (1 MiB pieces).
+        let e = NativeStore::new(false);
+        let blocks = 3000u64;
+        let mut r = req(ws(false, false, false), 0, blocks);
+        r.transfer_len = 512;
+        assert_eq!(
+            execute(&e, &r, &mut block, &mut scratch),
+            IoAnswer::Complete(IoResult::Ok)
+        );
+        assert_eq!(
+            e.calls(),
+            ["write 0 1048576 false", "write 1048576 487424 false"]
+        );
+        assert!(read_back(&e.inner, 0, blocks).iter().all(|b| *b == 0xA5));
     }
 }

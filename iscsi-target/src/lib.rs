@@ -14,7 +14,9 @@
 //!   `iscsi_proto::session::Connection` to scsi-core and the stores; a runtime feeds it
 //!   bytes, wake-ups and timer ticks and writes out what it returns;
 //! - [`exec`]: runs scsi-core I/O requests on a backing store and hands the answers back;
-//! - [`persist`]: persistent reservations kept across restarts (APTPL).
+//! - [`persist`]: persistent reservations kept across restarts (APTPL);
+//! - [`resize`]: capacity changes of stores resized elsewhere (`rbd resize`) passed on to
+//!   scsi-core (CAPACITY DATA HAS CHANGED), on a background thread.
 //!
 //! Runtimes contain no protocol rules: what is not socket or thread handling lives here or
 //! below.
@@ -51,5 +53,6 @@ pub mod driver;
 pub mod exec;
 pub mod persist;
 pub mod registry;
+pub mod resize;
 
 pub use builder::{BuildError, LunOptions, TargetBuilder};

@@ -7,6 +7,8 @@ use crate::sense::{Asc, Sense, SenseKey};
 use crate::types::*;
 
 mod copy;
+#[cfg(test)]
+mod native_caw_tests;
 mod reservations;
 mod sanitize;
 
@@ -1714,7 +1716,9 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         }
     }
 
-    /// Report the end of an [`Action::Io`].
+    /// Report the end of an [`Action::Io`]. For [`IoOp::CompareAndWrite`] this is also how
+    /// a runtime that compared and wrote natively answers (see there): `Ok` completes the
+    /// command, `Miscompare` fails it with the offset in INFORMATION.
     pub fn complete_io(&mut self, task: TaskId, result: IoResult) -> Result<(), CallbackError> {
         let i = self.task_index(task).ok_or(CallbackError::UnknownTask)?;
         let t = self.tasks[i].ok_or(CallbackError::UnknownTask)?;

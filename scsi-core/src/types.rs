@@ -172,9 +172,15 @@ pub enum IoOp {
         /// What to compare.
         mode: VerifyMode,
     },
-    /// Read the range into a second buffer and call `compare_data(task, read, &data_out[..n])`
-    /// with the first half of the Data-Out buffer; on a match scsi-core issues a `Write` of the
-    /// second half (`data_offset = n`).
+    /// Emulated: read the range into a second buffer and call `compare_data(task, read,
+    /// &data_out[..n])` with the first half of the Data-Out buffer; on a match scsi-core
+    /// issues a `Write` of the second half (`data_offset = n`).
+    ///
+    /// A runtime whose store compares and writes by itself (atomically) instead answers
+    /// with `complete_io`: [`IoResult::Ok`] when it wrote (GOOD; no `Write` follows),
+    /// [`IoResult::Miscompare`] with the offset of the first differing byte when it did
+    /// not (CHECK CONDITION, MISCOMPARE / MISCOMPARE DURING VERIFY OPERATION, the offset
+    /// in INFORMATION — what `compare_data` reports), or another error.
     CompareAndWrite,
     /// Read the range, OR the Data-Out buffer into it (see [`crate::or_into`]) and write it
     /// back; overlapping tasks are held back meanwhile so it is atomic. `complete_io`.

@@ -792,7 +792,7 @@ impl<'a> Control<'a> {
             .filter(|t| tid.is_none_or(|x| x == t.tid))
         {
             let luns = match self.registry.target(t.tid) {
-                Some(node) => node.backends().iter().map(|b| lun_view(&b.info)).collect(),
+                Some(node) => node.backends().iter().map(|b| lun_view(b)).collect(),
                 None => Vec::new(),
             };
             out.push(TargetView {
@@ -1280,12 +1280,15 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
-fn lun_view(i: &LunInfo) -> LunView {
+/// A LUN as `lun show` lists it; the size is the store's current one (an RBD image
+/// resized elsewhere shows its new size).
+fn lun_view(b: &LunBackend) -> LunView {
+    let i = &b.info;
     LunView {
         lun: u64::from(i.number),
         bstype: i.bstype.clone(),
         backing_store: i.path.clone(),
-        size: i.size,
+        size: b.store.size(),
         block_size: i.block_size,
         readonly: i.readonly,
         removable: i.removable,

@@ -192,6 +192,11 @@ pub fn run(config: Config, opts: &DaemonOptions) -> Result<()> {
     let v = config.validate()?;
     let pr_dir = reservations_dir(&opts.config_path);
     let registry = build_registry(&v, Some(&pr_dir))?;
+    // Stores resized elsewhere (`rbd resize`) → CAPACITY DATA HAS CHANGED; stopped on drop.
+    let _resize = iscsi_target::resize::ResizeWatcher::start(
+        registry.clone(),
+        iscsi_target::resize::DEFAULT_INTERVAL,
+    )?;
     log::info!("persistent reservations (APTPL) in {}", pr_dir.display());
     let control_socket = control::bind(&opts.control)?;
     let cfg = DriverConfig::with_limits(v.limits);

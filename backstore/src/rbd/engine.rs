@@ -108,7 +108,8 @@ impl RbdEngine {
         })
     }
 
-    /// The RBD store (for its inherent calls: compare-and-write, write-same, resize).
+    /// The RBD store (for the calls the engine does not queue: compare-and-write,
+    /// write-same, `refresh_size`).
     pub fn rbd(&self) -> &Arc<RbdStore> {
         &self.rbd
     }

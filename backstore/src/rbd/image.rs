@@ -270,17 +270,21 @@ pub(crate) enum Call {
     Discard { len: u64 },
     /// `rbd_aio_write_zeroes` of `len` bytes.
     WriteZeroes { len: usize },
-    /// `rbd_aio_compare_and_write`: compare `cmp[..len]`, then write `data[..len]`.
+    /// `rbd_aio_compare_and_write`: compare `cmp[..len]`, then write `data[..len]`; with
+    /// `fua` librados' FUA hint and a flush after a successful write.
     CompareAndWrite {
         cmp: *const u8,
         data: *const u8,
         len: usize,
+        fua: bool,
     },
-    /// `rbd_aio_writesame`: `pattern[..data_len]` repeated over `len` bytes.
+    /// `rbd_aio_writesame`: `pattern[..data_len]` repeated over `len` bytes; with `fua`
+    /// librados' FUA hint (the caller flushes).
     WriteSame {
         pattern: *const u8,
         data_len: usize,
         len: usize,
+        fua: bool,
     },
 }
 
@@ -359,7 +363,10 @@ impl OpCtx {
 /// `image` must stay open until the result has reached `sink`, and every buffer `call`
 /// points into must stay valid (and untouched by anyone else) until then.
 pub(crate) unsafe fn start(image: ffi::rbd_image_t, call: Call, offset: u64, sink: Sink) {
-    let flush_after = matches!(call, Call::Write { fua: true, .. });
+    let flush_after = matches!(
+        call,
+        Call::Write { fua: true, .. } | Call::CompareAndWrite { fua: true, .. }
+    );
     let ctx = Box::new(OpCtx {
         image,
         flush_after,
@@ -389,6 +396,13 @@ unsafe fn submit(ctx: Box<OpCtx>, call: Call, offset: u64) {
         ctx.finish(r as isize);
         return;
     }
+    let fua_flag = |fua: bool| {
+        if fua {
+            ffi::LIBRADOS_OP_FLAG_FADVISE_FUA
+        } else {
+            0
+        }
+    };
     // SAFETY: `image` is open and `comp` fresh (contract of `start`); the buffers are
     // valid for the lengths given until the callback runs (contract of `start`). The
     // mismatch out-pointer points into the heap context, which lives until the callback.
@@ -398,19 +412,19 @@ unsafe fn submit(ctx: Box<OpCtx>, call: Call, offset: u64) {
                 ffi::rbd_aio_read(image, offset, len, buf.cast(), comp) as isize
             }
             Call::Write { buf, len, fua } => {
-                let flags = if fua {
-                    ffi::LIBRADOS_OP_FLAG_FADVISE_FUA
-                } else {
-                    0
-                };
-                ffi::rbd_aio_write2(image, offset, len, buf.cast(), comp, flags) as isize
+                ffi::rbd_aio_write2(image, offset, len, buf.cast(), comp, fua_flag(fua)) as isize
             }
             Call::Flush => ffi::rbd_aio_flush(image, comp) as isize,
             Call::Discard { len } => ffi::rbd_aio_discard(image, offset, len, comp) as isize,
             Call::WriteZeroes { len } => {
                 ffi::rbd_aio_write_zeroes(image, offset, len, comp, 0, 0) as isize
             }
-            Call::CompareAndWrite { cmp, data, len } => ffi::rbd_aio_compare_and_write(
+            Call::CompareAndWrite {
+                cmp,
+                data,
+                len,
+                fua,
+            } => ffi::rbd_aio_compare_and_write(
                 image,
                 offset,
                 len,
@@ -418,14 +432,22 @@ unsafe fn submit(ctx: Box<OpCtx>, call: Call, offset: u64) {
                 data.cast(),
                 comp,
                 &raw mut (*arg).mismatch,
-                0,
+                fua_flag(fua),
             ),
             Call::WriteSame {
                 pattern,
                 data_len,
                 len,
-            } => ffi::rbd_aio_writesame(image, offset, len, pattern.cast(), data_len, comp, 0)
-                as isize,
+                fua,
+            } => ffi::rbd_aio_writesame(
+                image,
+                offset,
+                len,
+                pattern.cast(),
+                data_len,
+                comp,
+                fua_flag(fua),
+            ) as isize,
         }
     };
     if r < 0 {

@@ -15,12 +15,16 @@
 //! `rbd_aio_flush` before completing); flush → `rbd_aio_flush`; unmap → `rbd_aio_discard`;
 //! write-zeroes → `rbd_aio_write_zeroes`; GET LBA STATUS → `rbd_diff_iterate2` (allocated or
 //! not); COMPARE AND WRITE → `rbd_aio_compare_and_write` and WRITE SAME →
-//! `rbd_aio_writesame` as `RbdStore` methods.
+//! `rbd_aio_writesame` (the optional [`BackingStore`](crate::BackingStore) methods
+//! `compare_and_write` and `write_same`, which iscsi-target's executor uses instead of
+//! emulating them); a resize done elsewhere (`rbd resize`) → `refresh_size`
+//! (`rbd_get_size`), which the daemon polls to raise CAPACITY DATA HAS CHANGED.
 //!
 //! What librbd (Ceph 16) gives, and how it is used:
-//! - librbd's compare-and-write handles one 512-byte sector only; longer ranges are
-//!   emulated (read, compare, write under a per-store lock — see
-//!   `RbdStore::compare_and_write`).
+//! - librbd's compare-and-write handles one 512-byte sector only: that case is atomic
+//!   against every client of the image. Longer ranges are **not** natively atomic: they
+//!   are emulated (read, compare, write, with the store's other compare-and-writes held
+//!   off — see `RbdStore`'s `compare_and_write`).
 //! - Allocation is known per RADOS object: `lba_status` reports an object that exists as
 //!   mapped up to its end, so only discarding whole objects makes a range unmapped again
 //!   (`unmap_granularity` is the object size).
@@ -30,7 +34,13 @@
 //! librbd's traps, handled here: a zero-length read with a null buffer aborts the process
 //! (zero-length requests complete without calling librbd); write completions return 0, not
 //! the length (reported as the length); I/O at or past the end returns `-EINVAL` (ranges are
-//! checked first; an `EINVAL` because the image shrank becomes `OUT_OF_RANGE`).
+//! checked first; an `EINVAL` because the image shrank becomes `OUT_OF_RANGE`); a write
+//! running past the end of an image that shrank since is clipped and reported done
+//! (`RbdStore` checks the size after each modification and reports `OUT_OF_RANGE`);
+//! Ceph 16 reports a compare-and-write mismatch as the RADOS object's start plus the
+//! offset in the request, not as the image offset its API documents (both are understood;
+//! with fancy striping neither fits and the store reads the range to place the
+//! difference).
 //!
 //! All `unsafe` code of this module lives in the private `ffi` (declarations) and `image`
 //! (handles and completions) submodules.
@@ -51,4 +61,4 @@ mod store;
 #[cfg(feature = "rbd")]
 pub use engine::RbdEngine;
 #[cfg(feature = "rbd")]
-pub use store::{CompareAndWrite, LBA_STATUS_WINDOW, RbdOptions, RbdStore};
+pub use store::{LBA_STATUS_WINDOW, RbdOptions, RbdStore, WRITE_SAME_PIECE};

@@ -1,13 +1,13 @@
 //! [`RbdStore`]: a [`BackingStore`] on an RBD image through librbd's asynchronous calls.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::image::{self, Call, ConnectOptions, Handles, Outcome, errstr};
 use super::spec::RbdSpec;
 use crate::error::{OpenError, OpenErrorKind, StoreError};
-use crate::store::{BackingStore, LbaStatus, check_range, check_writable};
+use crate::store::{BackingStore, CompareAndWrite, LbaStatus, check_range, check_writable};
 
 /// How far [`RbdStore::lba_status`] looks ahead in one `rbd_diff_iterate2` call: an extent
 /// that runs on past this is reported up to here (the initiator asks again from there).
@@ -15,6 +15,10 @@ pub const LBA_STATUS_WINDOW: u64 = 256 << 20;
 
 /// librbd's compare-and-write works inside one sector of this size only.
 const CAW_SECTOR: u64 = 512;
+
+/// The largest range one `rbd_aio_writesame` call covers; a longer WRITE SAME is issued
+/// in pieces of this size (rounded down to a multiple of the pattern), one after another.
+pub const WRITE_SAME_PIECE: u64 = 256 << 20;
 
 /// Options for [`RbdStore::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +46,6 @@ impl Default for RbdOptions {
     }
 }
 
-/// The outcome of [`RbdStore::compare_and_write`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareAndWrite {
-    /// The data matched and the new data was written.
-    Written,
-    /// The data differed; nothing was written.
-    Miscompare {
-        /// Offset of the first differing byte, relative to the start of the request
-        /// (what SCSI reports in the sense INFORMATION field, in bytes).
-        offset: u64,
-    },
-}
-
 /// An RBD image opened through librbd, usable as a LUN's store.
 ///
 /// Every method issues the corresponding `rbd_aio_*` call and blocks the calling thread
@@ -62,9 +53,23 @@ pub enum CompareAndWrite {
 /// many operations in flight. For an event loop use [`RbdEngine`](super::RbdEngine), which
 /// issues the same calls without blocking and queues the completions.
 ///
-/// Geometry: size from librbd (re-read with [`refresh_size`](Self::refresh_size)), a
-/// configured block size, thin provisioning (discard deallocates). Zero-length requests
-/// complete without calling librbd (a zero-length read with a null buffer aborts librbd).
+/// Geometry: size from librbd (re-read with
+/// [`refresh_size`](BackingStore::refresh_size), which picks up `rbd resize` done
+/// elsewhere), a configured block size, thin provisioning (discard deallocates).
+/// Zero-length requests complete without calling librbd (a zero-length read with a null
+/// buffer aborts librbd).
+///
+/// Beyond plain I/O it implements [`BackingStore::compare_and_write`] (librbd's
+/// compare-and-write: atomic for ranges inside one 512-byte sector only, see there),
+/// [`BackingStore::write_same`] (`rbd_aio_writesame`) and
+/// [`BackingStore::refresh_size`].
+///
+/// After the image shrank, I/O beyond the new end fails with
+/// [`StoreError::OUT_OF_RANGE`]: refused up front once
+/// [`refresh_size`](BackingStore::refresh_size) saw the change, and before that turned
+/// into the same error from what librbd does with it (`EINVAL`, a short read, or a write
+/// clipped at the new end — the part below the end is then written, and the error still
+/// reported).
 pub struct RbdStore {
     handles: Handles,
     spec: RbdSpec,
@@ -72,8 +77,9 @@ pub struct RbdStore {
     block_size: u32,
     read_only: bool,
     object_size: u64,
-    /// Serialises emulated compare-and-writes.
-    caw_lock: Mutex<()>,
+    /// Compare-and-writes: shared by librbd's atomic ones, exclusive for an emulated one,
+    /// so that no other compare-and-write of this store runs between its read and write.
+    caw_lock: RwLock<()>,
 }
 
 impl RbdStore {
@@ -115,7 +121,7 @@ impl RbdStore {
             block_size: bs,
             read_only,
             object_size: info.obj_size,
-            caw_lock: Mutex::new(()),
+            caw_lock: RwLock::new(()),
         })
     }
 
@@ -129,96 +135,73 @@ impl RbdStore {
         self.object_size
     }
 
-    /// Re-read the image size from librbd (which picks up a resize done elsewhere).
-    /// Returns the new size when it changed — the daemon then raises CAPACITY DATA HAS
-    /// CHANGED — and `None` when it did not.
-    pub fn refresh_size(&self) -> Result<Option<u64>, StoreError> {
-        let size = round_down(
-            self.handles.get_size().map_err(StoreError::from_errno)?,
-            self.block_size,
-        );
-        let old = self.size.swap(size, Ordering::AcqRel);
-        Ok((old != size).then_some(size))
-    }
-
-    /// COMPARE AND WRITE: compare `cmp` with the data at `offset` and, only if equal,
-    /// write `data` there (both the same length).
-    ///
-    /// librbd's `rbd_aio_compare_and_write` handles only ranges inside one 512-byte sector;
-    /// those use it and are atomic against every client of the image. Longer ranges (more
-    /// than one 512-byte block, or 4096-byte blocks) are emulated: read, compare, write,
-    /// serialised with this store's other compare-and-writes — atomic against them, not
-    /// against plain writes or other clients (as tgt's emulation).
-    pub fn compare_and_write(
+    /// The compare-and-write librbd does itself (atomically): `cmp` and `data` inside one
+    /// 512-byte sector. The mismatch offset librbd reports is placed in the request by
+    /// [`mismatch_in_request`], or by reading the range where that cannot tell.
+    fn native_compare_and_write(
         &self,
         cmp: &[u8],
         data: &[u8],
         offset: u64,
+        fua: bool,
     ) -> Result<CompareAndWrite, StoreError> {
-        check_writable(self)?;
-        if cmp.len() != data.len() {
-            return Err(StoreError::INVALID);
-        }
+        let _shared = self.caw_lock.read().unwrap_or_else(|e| e.into_inner());
         let len = cmp.len() as u64;
-        check_range(offset, len, self.size())?;
-        if cmp.is_empty() {
-            return Ok(CompareAndWrite::Written);
-        }
-        if offset % CAW_SECTOR + len > CAW_SECTOR {
-            return self.emulated_compare_and_write(cmp, data, offset);
-        }
         let call = Call::CompareAndWrite {
             cmp: cmp.as_ptr(),
             data: data.as_ptr(),
             len: cmp.len(),
+            fua,
         };
         let out = self.run(call, offset);
         if out.ret == -(libc::EILSEQ as isize) {
-            // librbd reports the image offset of the first difference.
-            let rel = out.mismatch.checked_sub(offset).unwrap_or(out.mismatch);
-            return Ok(CompareAndWrite::Miscompare {
-                offset: rel.min(len - 1),
-            });
+            let offset = match mismatch_in_request(out.mismatch, offset, len, self.object_size) {
+                Some(rel) => rel,
+                None => self.first_difference(cmp, offset, out.mismatch),
+            };
+            return Ok(CompareAndWrite::Miscompare { offset });
         }
         self.result(out, offset, len, Kind::Write)
             .map(|_| CompareAndWrite::Written)
     }
 
+    /// The first difference between `cmp` and the data at `offset`, found by reading it,
+    /// when librbd's mismatch offset could not be placed in the request. (If the data
+    /// changed since and now matches, the request's last byte.)
+    fn first_difference(&self, cmp: &[u8], offset: u64, reported: u64) -> u64 {
+        log::warn!(
+            "rbd: compare-and-write at {offset} ({} bytes): librbd reported a mismatch at \
+             {reported}; reading the range to place it",
+            cmp.len()
+        );
+        let mut current = vec![0u8; cmp.len()];
+        let last = cmp.len().saturating_sub(1) as u64;
+        match self.read_at(&mut current, offset) {
+            Ok(_) => current
+                .iter()
+                .zip(cmp)
+                .position(|(a, b)| a != b)
+                .map_or(last, |i| i as u64),
+            Err(_) => last,
+        }
+    }
+
+    /// Read, compare, write, with every other compare-and-write of this store held off.
     fn emulated_compare_and_write(
         &self,
         cmp: &[u8],
         data: &[u8],
         offset: u64,
+        fua: bool,
     ) -> Result<CompareAndWrite, StoreError> {
-        let _serialised = self.caw_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _exclusive = self.caw_lock.write().unwrap_or_else(|e| e.into_inner());
         let mut current = vec![0u8; cmp.len()];
         self.read_at(&mut current, offset)?;
         if let Some(i) = current.iter().zip(cmp).position(|(a, b)| a != b) {
             return Ok(CompareAndWrite::Miscompare { offset: i as u64 });
         }
-        self.write_at(data, offset, false)?;
+        self.write_at(data, offset, fua)?;
         Ok(CompareAndWrite::Written)
-    }
-
-    /// WRITE SAME: repeat `pattern` over `len` bytes at `offset` (`len` a multiple of
-    /// `pattern.len()`).
-    pub fn write_same(&self, pattern: &[u8], offset: u64, len: u64) -> Result<(), StoreError> {
-        check_writable(self)?;
-        check_range(offset, len, self.size())?;
-        if len == 0 {
-            return Ok(());
-        }
-        if pattern.is_empty() || len % pattern.len() as u64 != 0 {
-            return Err(StoreError::INVALID);
-        }
-        let len_usize = usize::try_from(len).map_err(|_| StoreError::INVALID)?;
-        let call = Call::WriteSame {
-            pattern: pattern.as_ptr(),
-            data_len: pattern.len(),
-            len: len_usize,
-        };
-        let out = self.run(call, offset);
-        self.result(out, offset, len, Kind::Other).map(drop)
     }
 
     /// The open image, for the engine.
@@ -233,20 +216,26 @@ impl RbdStore {
         unsafe { image::run(self.handles.image(), call, offset) }
     }
 
-    /// Turn an outcome into a result; an `EINVAL` for a range librbd now considers out of
-    /// the image (it shrank) becomes `OUT_OF_RANGE`.
+    /// Turn an outcome into a result. If the image shrank below the range since it was
+    /// checked, the operation failed or did only part of its work: librbd answers `EINVAL`
+    /// (the range starts past the end), a short read, or — for writes, write-same,
+    /// write-zeroes and discards — clips the range at the new end and reports success.
+    /// All of these become [`StoreError::OUT_OF_RANGE`]; a successful modification is
+    /// therefore checked against librbd's current size (`rbd_get_size`, about a
+    /// microsecond: it reads librbd's cached header unless a header update arrived).
     fn result(&self, out: Outcome, offset: u64, len: u64, kind: Kind) -> Result<usize, StoreError> {
         let r = interpret(out.ret, len, kind);
         // (The cached size stays as it is: `refresh_size` reports the change.)
-        if r == Err(StoreError::INVALID)
-            && self
-                .handles
+        let shrunk = || {
+            self.handles
                 .get_size()
                 .is_ok_and(|now| check_range(offset, len, now).is_err())
-        {
-            return Err(StoreError::OUT_OF_RANGE);
+        };
+        match r {
+            Err(StoreError::INVALID) if shrunk() => Err(StoreError::OUT_OF_RANGE),
+            Ok(_) if kind != Kind::Read && shrunk() => Err(StoreError::OUT_OF_RANGE),
+            r => r,
         }
-        r
     }
 }
 
@@ -284,6 +273,22 @@ pub(crate) fn interpret(ret: isize, len: u64, kind: Kind) -> Result<usize, Store
 
 fn round_down(size: u64, bs: u32) -> u64 {
     size - size % u64::from(bs)
+}
+
+/// The offset of the first difference relative to the request at `offset` (`len` bytes,
+/// inside one 512-byte sector), from the mismatch offset librbd reported: an image offset
+/// (what librbd's API promises), or — what Ceph 16 does — the start of the RADOS object
+/// plus the offset within the request (librbd maps the index within the compared buffer
+/// as if it were an offset in the object; object size = stripe unit without fancy
+/// striping). `None` when it is neither (an image with fancy striping).
+pub(crate) fn mismatch_in_request(
+    mismatch: u64,
+    offset: u64,
+    len: u64,
+    object_size: u64,
+) -> Option<u64> {
+    let within = |base: u64| mismatch.checked_sub(base).filter(|r| *r < len);
+    within(offset).or_else(|| within(offset - offset.checked_rem(object_size).unwrap_or(0)))
 }
 
 /// Merge the allocated byte extents into block-granular runs and answer GET LBA STATUS at
@@ -446,6 +451,87 @@ impl BackingStore for RbdStore {
             self.block_size,
         ))
     }
+
+    /// `rbd_aio_compare_and_write` (with FUA: librados' FUA hint, then a flush).
+    ///
+    /// Atomicity: librbd (Ceph 16) compares and writes only ranges inside one 512-byte
+    /// sector — one block of a 512-byte-block LUN, the usual COMPARE AND WRITE (VMware's
+    /// ATS heartbeat and locks). Those are atomic against every client of the image,
+    /// other gateways included. Longer ranges (several 512-byte blocks, any 4096-byte
+    /// block) are **not natively atomic**: they are emulated by a read, a compare and a
+    /// write, with every other compare-and-write of this store held off meanwhile (a
+    /// store-wide lock; librbd's one-sector ones share it). They are atomic against this
+    /// store's other compare-and-writes and — because scsi-core holds back overlapping
+    /// commands of the LU while one runs — against every command through this target's
+    /// LU, but not against plain writes of other clients of the image.
+    fn compare_and_write(
+        &self,
+        cmp: &[u8],
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+    ) -> Result<CompareAndWrite, StoreError> {
+        check_writable(self)?;
+        if cmp.len() != data.len() {
+            return Err(StoreError::INVALID);
+        }
+        let len = cmp.len() as u64;
+        check_range(offset, len, self.size())?;
+        if cmp.is_empty() {
+            return Ok(CompareAndWrite::Written);
+        }
+        if offset % CAW_SECTOR + len > CAW_SECTOR {
+            self.emulated_compare_and_write(cmp, data, offset, fua)
+        } else {
+            self.native_compare_and_write(cmp, data, offset, fua)
+        }
+    }
+
+    /// `rbd_aio_writesame`, in pieces of at most [`WRITE_SAME_PIECE`] bytes; with FUA
+    /// librados' FUA hint on each and one flush at the end. (librbd turns a zero pattern
+    /// into a discard unless `rbd_discard_on_zeroed_write_same` is off; the range reads
+    /// as zeroes either way.)
+    fn write_same(&self, offset: u64, len: u64, block: &[u8], fua: bool) -> Result<(), StoreError> {
+        check_writable(self)?;
+        check_range(offset, len, self.size())?;
+        if block.is_empty() || len % block.len() as u64 != 0 {
+            return Err(StoreError::INVALID);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let step = block.len() as u64;
+        let piece = (WRITE_SAME_PIECE / step).max(1) * step;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(piece);
+            let at = offset + done;
+            let call = Call::WriteSame {
+                pattern: block.as_ptr(),
+                data_len: block.len(),
+                len: usize::try_from(n).map_err(|_| StoreError::INVALID)?,
+                fua,
+            };
+            let out = self.run(call, at);
+            self.result(out, at, n, Kind::Other)?;
+            done += n;
+        }
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// `rbd_get_size` (which refreshes librbd's view of the image header when it saw it
+    /// change), rounded down to the block size; reports a change once.
+    fn refresh_size(&self) -> Result<Option<u64>, StoreError> {
+        let size = round_down(
+            self.handles.get_size().map_err(StoreError::from_errno)?,
+            self.block_size,
+        );
+        let old = self.size.swap(size, Ordering::AcqRel);
+        Ok((old != size).then_some(size))
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +595,33 @@ mod tests {
         assert_eq!(st(&[(0, 512)], 4096, 8192), unmapped(4096));
         // Extents reported with zero length or past the window are ignored.
         assert_eq!(st(&[(8192, 512)], 0, 4096), unmapped(4096));
+    }
+
+    #[test]
+    fn mismatch_offsets_relative_to_the_request() {
+        const OBJ: u64 = 4 << 20;
+        // Image offsets.
+        assert_eq!(mismatch_in_request(4096 + 300, 4096, 512, OBJ), Some(300));
+        assert_eq!(mismatch_in_request(4096, 4096, 512, OBJ), Some(0));
+        assert_eq!(
+            mismatch_in_request(OBJ + 8192 + 511, OBJ + 8192, 512, OBJ),
+            Some(511)
+        );
+        // Ceph 16: the object's start plus the offset in the request.
+        assert_eq!(mismatch_in_request(300, 4096, 512, OBJ), Some(300));
+        assert_eq!(
+            mismatch_in_request(2 * OBJ + 77, 2 * OBJ + (1 << 20) + 1536, 512, OBJ),
+            Some(77)
+        );
+        // Block-aligned requests read the same either way at an object's start.
+        assert_eq!(mismatch_in_request(OBJ + 5, OBJ, 512, OBJ), Some(5));
+        // Neither: the caller reads to find it.
+        assert_eq!(mismatch_in_request(1 << 40, 4096, 512, OBJ), None);
+        assert_eq!(mismatch_in_request(OBJ + 600, OBJ + 4096, 512, OBJ), None);
+        assert_eq!(mismatch_in_request(512, 4096, 512, OBJ), None);
+        // No object size known: image offsets only.
+        assert_eq!(mismatch_in_request(4100, 4096, 512, 0), Some(4));
+        assert_eq!(mismatch_in_request(4, 4096, 512, 0), None);
     }
 
     #[test]
