@@ -10,7 +10,9 @@
 //! - [`serial`]: RFC 1982 serial number arithmetic for CmdSN / StatSN / DataSN;
 //! - [`text`]: `key=value\0` text segments parsed into caller-provided arrays;
 //! - [`login`]: login stages, operational negotiation (RFC 7143 section 13) and CHAP;
-//! - [`session`]: the connection and session state machines for the full feature phase.
+//! - [`session`]: the connection and session state machines for the full feature phase;
+//! - [`storage`]: the buffers those machines keep (fixed-capacity by default; a runtime may
+//!   plug in heap-backed ones that hold memory only while in use).
 //!
 //! Nothing here performs I/O or reads a clock: the runtime feeds bytes and time in, and
 //! drains PDUs, events and timeouts out.
@@ -58,5 +60,6 @@ pub mod digest;
 pub mod login;
 pub mod serial;
 pub mod session;
+pub mod storage;
 pub mod text;
 pub mod wire;

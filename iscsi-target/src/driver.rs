@@ -27,8 +27,9 @@ use iscsi_proto::login::{
 };
 use iscsi_proto::session::{
     CloseReason, Command, ConnConfig, Connection, Direction, Event, Hooks, Ingress, Residual,
-    ScsiStatus, TaskData, TaskHandle, TaskMgmt, Timestamp, Transmit,
+    ScsiStatus, Task, TaskData, TaskHandle, TaskMgmt, Timestamp, Transmit,
 };
+use iscsi_proto::storage::{Full, Storage};
 use iscsi_proto::wire::{LogoutResponseCode, TaskAttr as WireAttr, TmfFunction, TmfResponse};
 use scsi_core::{
     Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag,
@@ -39,12 +40,73 @@ use crate::registry::{IoKind, LunBackend, Registry, ScsiTarget, SessionRecord, T
 
 /// Task slots per connection (the connection's task table).
 pub const TASKS: usize = 128;
-/// The connection's own buffers (`Connection<TASKS, BUF>`): the largest login or text
-/// request sequence it takes in, and the largest PDU header + owned data it emits (login,
-/// text and NOP-In data, sense). The connection holds three buffers of this size from the
-/// moment a socket is accepted, so this is most of what an idle or half-open connection
-/// costs: 64 KiB keeps it near 260 KiB (at 256 KiB it was 855 KiB).
+/// The ceiling of the connection's own buffers: the largest login or text request
+/// sequence it takes in, and the largest data it emits from its own buffer (login, text
+/// and NOP-In data). The buffers ([`HeapBuf`]) are allocated while in use and freed after,
+/// so an idle connection holds none of them.
 pub const BUF: usize = 64 * 1024;
+
+/// The protocol side of one connection: its buffers and task table on the heap, sized on
+/// use ([`HeapBuf`]).
+pub type Conn = Connection<TASKS, BUF, HeapBuf<u8>, HeapBuf<Task>>;
+
+/// [`Storage`] on the heap for a connection's buffers and task table: it grows as the
+/// protocol needs (up to the limits the protocol code passes in) and gives its memory back
+/// when reset. A connection therefore costs memory in proportion to what it is doing: an
+/// idle session holds a few KiB, not the ceilings its buffers could reach.
+#[derive(Debug, Clone)]
+pub struct HeapBuf<T>(Vec<T>);
+
+impl<T> Default for HeapBuf<T> {
+    fn default() -> Self {
+        HeapBuf(Vec::new())
+    }
+}
+
+impl<T> Storage<T> for HeapBuf<T> {
+    fn items(&self) -> &[T] {
+        &self.0
+    }
+
+    fn items_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+
+    fn try_push(&mut self, v: T, max: usize) -> Result<(), T> {
+        if self.0.len() >= max {
+            return Err(v);
+        }
+        self.0.push(v);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
+    fn try_extend(&mut self, s: &[T], max: usize) -> Result<(), Full>
+    where
+        T: Copy,
+    {
+        if self.0.len().saturating_add(s.len()) > max {
+            return Err(Full);
+        }
+        self.0.extend_from_slice(s);
+        Ok(())
+    }
+
+    fn resize_to(&mut self, len: usize, fill: T, max: usize) -> &mut [T]
+    where
+        T: Copy,
+    {
+        self.0.resize(len.min(max), fill);
+        &mut self.0
+    }
+}
 /// The header buffer a connection starts with: a Basic Header Segment with digests and the
 /// largest sense data fit. It grows, up to `BUF + 64`, when a login, text or NOP-In PDU with
 /// more data is emitted.
@@ -690,7 +752,7 @@ impl IoCallbacks for LuCalls<'_> {
 
 /// One connection's driver.
 pub struct Driver {
-    conn: Box<Connection<TASKS, BUF>>,
+    conn: Box<Conn>,
     ctx: Ctx,
     slots: Vec<Slot>,
     bound: Option<Bound>,
@@ -1586,7 +1648,7 @@ impl Driver {
     }
 }
 
-fn abort_conn_tasks(conn: &mut Connection<TASKS, BUF>, slots: &mut [Slot], lun: Option<Lun>) {
+fn abort_conn_tasks(conn: &mut Conn, slots: &mut [Slot], lun: Option<Lun>) {
     for s in slots {
         let Some(h) = s.handle else { continue };
         if s.dead || lun.is_some_and(|l| l != s.lun) {
@@ -1607,6 +1669,28 @@ impl Drop for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heap_buffers_grow_to_the_limit_and_free_on_reset() {
+        let mut b = HeapBuf::<u8>::default();
+        assert_eq!(b.try_extend(&[1, 2, 3], 4), Ok(()));
+        assert_eq!(b.try_extend(&[4, 5], 4), Err(Full));
+        assert_eq!(b.try_push(4, 4), Ok(()));
+        assert_eq!(b.try_push(5, 4), Err(5));
+        assert_eq!(b.items(), &[1, 2, 3, 4]);
+        assert_eq!(b.resize_to(10, 0, 6), &[1, 2, 3, 4, 0, 0]);
+        assert_eq!(b.resize_to(2, 0, 6), &[1, 2]);
+        b.reset();
+        assert!(b.items().is_empty());
+        assert_eq!(b.0.capacity(), 0, "reset gives the memory back");
+    }
+
+    #[test]
+    fn a_fresh_connection_holds_no_buffers() {
+        // The protocol state proper: its buffers and task table live behind `HeapBuf`s.
+        let size = std::mem::size_of::<Conn>();
+        assert!(size < 16 * 1024, "Conn is {size} bytes");
+    }
     use backstore::MemoryStore;
     use iscsi_proto::session::initiator::{CommandSpec, Initiator, find_key, write_text};
     use iscsi_proto::wire::{Digests, LoginRequest, Pdu, Stage, emit_pdu};

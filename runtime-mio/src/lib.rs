@@ -219,6 +219,7 @@ impl Server {
                 pool,
                 epoch,
                 stopping: false,
+                read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))
@@ -420,6 +421,8 @@ struct Reactor {
     pool: IoPool,
     epoch: Instant,
     stopping: bool,
+    /// Socket reads land here first (one buffer per reactor, not zeroed per wake-up).
+    read_buf: Box<[u8]>,
 }
 
 impl Reactor {
@@ -581,7 +584,7 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        let mut chunk = [0u8; 16 * 1024];
+        let chunk = &mut self.read_buf;
         loop {
             let backlog = c.out.len() - c.out_pos;
             // Read what the socket has unless output is backed up.
@@ -589,7 +592,7 @@ impl Reactor {
             if !c.peer_closed && backlog < MAX_PENDING_OUTPUT {
                 let mut total = 0;
                 while total < READ_CHUNK {
-                    match c.sock.read(&mut chunk) {
+                    match c.sock.read(chunk) {
                         Ok(0) => {
                             c.peer_closed = true;
                             break;

@@ -45,8 +45,12 @@ use iscsi_proto::session::Timestamp;
 use iscsi_target::driver::{ConnLimiter, Driver, DriverConfig, InputStatus};
 use iscsi_target::registry::Registry;
 
-/// Bytes read from the socket at once.
+/// Most bytes read from the socket at once.
 const READ_CHUNK: usize = 256 * 1024;
+/// Fewest bytes read at once: the reader starts here and doubles its buffer while reads
+/// fill it (bulk Data-Out), halving it again when they do not, so an idle connection's
+/// reader holds 16 KiB rather than `READ_CHUNK`.
+const READ_MIN: usize = 16 * 1024;
 /// Read chunks queued between the reader thread and the connection thread.
 const READ_QUEUE: usize = 8;
 
@@ -280,20 +284,33 @@ fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, portal: SocketAddr, own_st
 }
 
 fn reader(mut s: TcpStream, tx: SyncSender<Msg>) {
+    let mut size = READ_MIN;
     loop {
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![0u8; size];
         match s.read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = tx.send(Msg::Eof);
                 return;
             }
             Ok(n) => {
+                size = next_read_size(size, n);
                 buf.truncate(n);
                 if tx.send(Msg::Data(buf)).is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+/// The reader's next buffer size after a read of `n` bytes into `size`.
+fn next_read_size(size: usize, n: usize) -> usize {
+    if n == size {
+        (size * 2).min(READ_CHUNK)
+    } else if n < size / 4 {
+        (size / 2).max(READ_MIN)
+    } else {
+        size
     }
 }
 
@@ -416,6 +433,15 @@ fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Ms
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_size_follows_the_traffic() {
+        assert_eq!(next_read_size(READ_MIN, READ_MIN), 2 * READ_MIN);
+        assert_eq!(next_read_size(READ_CHUNK, READ_CHUNK), READ_CHUNK);
+        assert_eq!(next_read_size(4 * READ_MIN, 48), 2 * READ_MIN);
+        assert_eq!(next_read_size(READ_MIN, 48), READ_MIN);
+        assert_eq!(next_read_size(4 * READ_MIN, 2 * READ_MIN), 4 * READ_MIN);
+    }
     use backstore::MemoryStore;
     use iscsi_target::TargetBuilder;
     use iscsi_target::driver::Limits;

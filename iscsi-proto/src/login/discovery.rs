@@ -12,6 +12,7 @@
 
 use core::fmt;
 
+use crate::storage::Storage;
 use crate::text::{self, KeyValue, Special, TextError, TextWriter};
 
 use super::SessionType;
@@ -196,26 +197,26 @@ struct Continuation {
 }
 
 /// Text Request / Response exchange of one connection in full feature phase. `BUF` bounds
-/// the request text (kept until its answer is fully sent).
+/// the request text, kept in a `B` (see [`crate::storage`]) until its answer is fully sent.
 #[derive(Debug, Clone)]
-pub struct TextExchange<const BUF: usize> {
-    request: heapless::Vec<u8, BUF>,
+pub struct TextExchange<const BUF: usize, B = heapless::Vec<u8, BUF>> {
+    request: B,
     accumulating: Option<u32>,
     cont: Option<Continuation>,
     next_ttt: u32,
 }
 
-impl<const BUF: usize> Default for TextExchange<BUF> {
+impl<const BUF: usize, B: Storage<u8>> Default for TextExchange<BUF, B> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const BUF: usize> TextExchange<BUF> {
+impl<const BUF: usize, B: Storage<u8>> TextExchange<BUF, B> {
     /// A fresh exchange.
     pub fn new() -> Self {
         TextExchange {
-            request: heapless::Vec::new(),
+            request: B::default(),
             accumulating: None,
             cont: None,
             next_ttt: 1,
@@ -262,10 +263,10 @@ impl<const BUF: usize> TextExchange<BUF> {
             // A new request (or the next part of one the initiator split with C=1).
             self.cont = None;
             if self.accumulating != Some(hdr.itt) {
-                self.request.clear();
+                self.request.reset();
             }
             self.request
-                .extend_from_slice(data)
+                .try_extend(data, BUF)
                 .map_err(|_| TextExchangeError::TooLong)?;
             if hdr.cont {
                 self.accumulating = Some(hdr.itt);
@@ -281,7 +282,13 @@ impl<const BUF: usize> TextExchange<BUF> {
             0
         };
         let mut w = TextWriter::resume(out, offset);
-        answer(&self.request, &mut w, session_type, session_target, targets)?;
+        answer(
+            self.request.items(),
+            &mut w,
+            session_type,
+            session_target,
+            targets,
+        )?;
         let chunk = w.finish();
         if chunk.more {
             let ttt = match self.cont {
@@ -302,7 +309,7 @@ impl<const BUF: usize> TextExchange<BUF> {
             })
         } else {
             self.cont = None;
-            self.request.clear();
+            self.request.reset();
             Ok(TextReply {
                 final_: true,
                 cont: false,

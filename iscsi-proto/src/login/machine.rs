@@ -1,5 +1,6 @@
 //! The target-side login stage machine (RFC 7143 sections 6 and 11.12/11.13).
 
+use crate::storage::Storage;
 use crate::text::{self, KeyValue, Special, TextError, TextWriter};
 
 use super::chap::{self, ChapChallenge, ChapCredentials};
@@ -100,13 +101,13 @@ struct Core {
 }
 
 /// The login machine of one connection. `BUF` bounds the text of one multi-PDU (C bit)
-/// request.
+/// request, which is kept in a `B` (see [`crate::storage`]) until its last PDU.
 ///
 /// See the [module docs](super) for the call order.
 #[derive(Debug, Clone)]
-pub struct LoginMachine<const BUF: usize> {
+pub struct LoginMachine<const BUF: usize, B = heapless::Vec<u8, BUF>> {
     core: Core,
-    pending: heapless::Vec<u8, BUF>,
+    pending: B,
 }
 
 type Step = Result<(bool, Stage, usize), LoginStatus>;
@@ -134,7 +135,7 @@ fn answer_matches(a: Answer, value: &str) -> bool {
     }
 }
 
-impl<const BUF: usize> LoginMachine<BUF> {
+impl<const BUF: usize, B: Storage<u8>> LoginMachine<BUF, B> {
     /// A machine for a new connection. `challenge` is fresh randomness for this login.
     pub fn new(config: LoginConfig, challenge: ChapChallenge) -> Self {
         LoginMachine {
@@ -163,7 +164,7 @@ impl<const BUF: usize> LoginMachine<BUF> {
                 pdus: 0,
                 outcome: None,
             },
-            pending: heapless::Vec::new(),
+            pending: B::default(),
         }
     }
 
@@ -235,7 +236,7 @@ impl<const BUF: usize> LoginMachine<BUF> {
             Err(status) => {
                 c.phase = LoginPhase::Failed;
                 c.outcome = None;
-                self.pending.clear();
+                self.pending.reset();
                 fail(status)
             }
         }
@@ -289,19 +290,20 @@ impl<const BUF: usize> LoginMachine<BUF> {
         }
         if hdr.cont {
             self.pending
-                .extend_from_slice(data)
+                .try_extend(data, BUF)
                 .map_err(|_| LoginStatus::OUT_OF_RESOURCES)?;
             return Ok((false, csg, 0));
         }
-        let r = if self.pending.is_empty() {
+        let r = if self.pending.items().is_empty() {
             self.core.process(hdr, nsg, data, hooks, out)
         } else {
             self.pending
-                .extend_from_slice(data)
+                .try_extend(data, BUF)
                 .map_err(|_| LoginStatus::OUT_OF_RESOURCES)?;
-            self.core.process(hdr, nsg, &self.pending, hooks, out)
+            self.core
+                .process(hdr, nsg, self.pending.items(), hooks, out)
         };
-        self.pending.clear();
+        self.pending.reset();
         r
     }
 }

@@ -7,6 +7,7 @@ use crate::login::{
     ChapChallenge, Digest, LoginConfig, LoginHeader, LoginHooks, LoginMachine, LoginOutcome,
     LoginPhase, LoginReply, SessionParams, SessionType,
 };
+use crate::storage::Storage;
 use crate::wire::{
     self, AsyncEvent, AsyncMessage, BHS_LEN, DataIn, DataInFlags, DataOut, Digests, Error,
     LoginRequest, LoginResponse, LoginStatus, LogoutReason, LogoutRequest, LogoutResponse,
@@ -21,7 +22,7 @@ use super::event::{
 };
 use super::task::{
     DataOutError, Direction, MAX_SENSE_LEN, PendingResponse, RESERVED_TAG, Residual, ScsiStatus,
-    TaskHandle, TaskTable, WriteSetup,
+    Task, TaskHandle, TaskTable, WriteSetup,
 };
 use super::time::{Timer, Timestamp, earliest};
 use super::window::{CmdSnCheck, CmdWindow};
@@ -171,13 +172,20 @@ impl Ctrl {
 ///
 /// `TASKS` is the task table capacity (commands in flight on this connection), `BUF` the
 /// size of the buffer for data the connection owns (login and text responses, NOP-In echo
-/// data) and the bound on one login / text request. See the [module docs](super) for the
-/// call order.
-pub struct Connection<const TASKS: usize = 64, const BUF: usize = 8192> {
+/// data) and the bound on one login / text request. `B` holds those buffers and `T` the
+/// task table: fixed-capacity inside the connection by default, or heap-backed storage of
+/// the runtime's that holds memory only while in use ([`crate::storage`]). See the
+/// [module docs](super) for the call order.
+pub struct Connection<
+    const TASKS: usize = 64,
+    const BUF: usize = 8192,
+    B = heapless::Vec<u8, BUF>,
+    T = heapless::Vec<Task, TASKS>,
+> {
     config: ConnConfig,
     phase: Phase,
     closed_reported: bool,
-    login: LoginMachine<BUF>,
+    login: LoginMachine<BUF, B>,
     login_timer: Timer,
     /// ExpCmdSN / MaxCmdSN during login (from the login requests' CmdSN).
     login_cmd_sn: u32,
@@ -187,15 +195,15 @@ pub struct Connection<const TASKS: usize = 64, const BUF: usize = 8192> {
     digests: Digests,
     stat_sn: u32,
     exp_stat_sn: u32,
-    tasks: TaskTable<TASKS>,
+    tasks: TaskTable<TASKS, T>,
     ready: Deque<u16, TASKS>,
     ctrl: Deque<Ctrl, CONTROL_QUEUE>,
     events: Deque<Event, EVENT_QUEUE>,
     /// Data of the control PDU in flight (login, text, NOP echo). Sized on use: an idle
     /// connection has touched only what its login needed.
-    inline: heapless::Vec<u8, BUF>,
+    inline: B,
     inline_busy: bool,
-    text: TextExchange<BUF>,
+    text: TextExchange<BUF, B>,
     ttt_counter: u16,
     tmf_pending: Vec<u32, MAX_PENDING_TMF>,
     logout_pending: Option<u32>,
@@ -206,7 +214,11 @@ pub struct Connection<const TASKS: usize = 64, const BUF: usize = 8192> {
     logout_timer: Timer,
 }
 
-impl<const TASKS: usize, const BUF: usize> core::fmt::Debug for Connection<TASKS, BUF> {
+impl<const TASKS: usize, const BUF: usize, B, T> core::fmt::Debug for Connection<TASKS, BUF, B, T>
+where
+    B: Storage<u8>,
+    T: Storage<Task>,
+{
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Connection")
             .field("phase", &self.phase)
@@ -229,10 +241,9 @@ fn fixed_sense(key: u8, asc: u8, ascq: u8, out: &mut [u8; MAX_SENSE_LEN]) -> u16
 /// its own, and a target's login answer is far smaller.
 const LOGIN_REPLY_MAX: usize = 8192;
 
-/// `inline` resized to `len` bytes (at most its capacity) for a reply to be written into.
-fn inline_out<const BUF: usize>(inline: &mut heapless::Vec<u8, BUF>, len: usize) -> &mut [u8] {
-    let _ = inline.resize(len.min(BUF), 0);
-    inline
+/// `inline` resized to `len` bytes (at most `BUF`) for a reply to be written into.
+fn inline_out<const BUF: usize, B: Storage<u8>>(inline: &mut B, len: usize) -> &mut [u8] {
+    inline.resize_to(len.min(BUF), 0, BUF)
 }
 
 fn copy_header(buf: &[u8]) -> [u8; BHS_LEN] {
@@ -250,7 +261,11 @@ fn residual_parts(r: Residual) -> (bool, bool, u32) {
     }
 }
 
-impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
+impl<const TASKS: usize, const BUF: usize, B, T> Connection<TASKS, BUF, B, T>
+where
+    B: Storage<u8>,
+    T: Storage<Task>,
+{
     const CHECK: () = {
         assert!(TASKS > 0 && TASKS < 0x8000, "TASKS must be in 1..0x8000");
         assert!(BUF >= 512, "BUF must be at least 512 bytes");
@@ -280,7 +295,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             ready: Deque::new(),
             ctrl: Deque::new(),
             events: Deque::new(),
-            inline: heapless::Vec::new(),
+            inline: B::default(),
             inline_busy: false,
             text: TextExchange::new(),
             ttt_counter: 0,
@@ -463,7 +478,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             &hdr,
             req.data,
             hooks,
-            inline_out(&mut self.inline, LOGIN_REPLY_MAX),
+            inline_out::<BUF, B>(&mut self.inline, LOGIN_REPLY_MAX),
         );
         self.inline_busy = true;
         let depth = self.config.queue_depth.clamp(1, super::MAX_QUEUE_DEPTH);
@@ -869,7 +884,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             return done;
         }
         let len = n.data.len().min(BUF);
-        inline_out(&mut self.inline, len).copy_from_slice(&n.data[..len]);
+        inline_out::<BUF, B>(&mut self.inline, len).copy_from_slice(&n.data[..len]);
         if len > 0 {
             self.inline_busy = true;
         }
@@ -955,7 +970,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
         };
         let session_type = outcome.session_type;
         let max = (self.params.max_xmit_data_segment_length as usize).clamp(1, BUF);
-        let out = inline_out(&mut self.inline, max);
+        let out = inline_out::<BUF, B>(&mut self.inline, max);
         let text = &mut self.text;
         let mut result = None;
         {
@@ -1449,6 +1464,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
     fn after_ctrl(&mut self, c: Ctrl) {
         if c.uses_inline() {
             self.inline_busy = false;
+            self.inline.reset();
         }
         if let Ctrl::Logout { close: true, .. } = c {
             self.phase = Phase::Draining(CloseReason::LoggedOut);
@@ -1473,7 +1489,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
             return Err(BufferTooSmall { required });
         }
         let (exp_cmd_sn, max_cmd_sn) = self.sns();
-        let inline_len = data_len.min(self.inline.len());
+        let inline_len = data_len.min(self.inline.items().len());
         let pdu = match c {
             Ctrl::Login {
                 reply,
@@ -1499,7 +1515,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                     class: reply.status.class,
                     detail: reply.status.detail,
                 },
-                data: &self.inline[..inline_len],
+                data: self.inline.items().get(..inline_len).unwrap_or_default(),
             }),
             Ctrl::Text {
                 itt,
@@ -1520,7 +1536,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                     stat_sn: self.next_stat_sn(),
                     exp_cmd_sn,
                     max_cmd_sn,
-                    data: &self.inline[..inline_len],
+                    data: self.inline.items().get(..inline_len).unwrap_or_default(),
                 })
             }
             Ctrl::NopEcho { itt, lun, .. } => Pdu::NopIn(NopIn {
@@ -1530,7 +1546,7 @@ impl<const TASKS: usize, const BUF: usize> Connection<TASKS, BUF> {
                 stat_sn: self.next_stat_sn(),
                 exp_cmd_sn,
                 max_cmd_sn,
-                data: &self.inline[..inline_len],
+                data: self.inline.items().get(..inline_len).unwrap_or_default(),
             }),
             Ctrl::NopPing { ttt } => Pdu::NopIn(NopIn {
                 lun: 0,

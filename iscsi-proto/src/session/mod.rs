@@ -182,7 +182,7 @@ pub use conn::{
 pub use error::{BufferTooSmall, CloseReason, ConnError, StateError, TaskError};
 pub use event::{Cdb, Command, Event, Ingress, Logout, TaskData, TaskFailure, TaskMgmt, Transmit};
 pub use task::{
-    Direction, MAX_SENSE_LEN, R2T_SLOTS, Residual, ScsiStatus, TaskHandle, TaskSetFull,
+    Direction, MAX_SENSE_LEN, R2T_SLOTS, Residual, ScsiStatus, Task, TaskHandle, TaskSetFull,
 };
 pub use time::Timestamp;
 pub use window::{CmdSnCheck, CmdWindow, MAX_QUEUE_DEPTH};

@@ -18,6 +18,8 @@
 
 use heapless::Vec;
 
+use crate::storage::Storage;
+
 use super::error::TaskError;
 
 /// The largest sense data (SPC: 252 bytes) a response can carry.
@@ -165,9 +167,11 @@ pub(crate) struct PendingResponse {
     pub(crate) sense_len: u16,
 }
 
-/// One task slot.
+/// One slot of a connection's task table: the protocol state of one task (opaque; it is
+/// public only so that a runtime can choose the [`Storage`] the table lives in, see
+/// [`crate::storage`]).
 #[derive(Clone, Debug)]
-pub(crate) struct Task {
+pub struct Task {
     pub(crate) generation: u16,
     pub(crate) active: bool,
     pub(crate) itt: u32,
@@ -608,15 +612,15 @@ impl Task {
 /// queue the connection has seen: an idle connection's table is a few hundred bytes of
 /// touched memory however large `N` is, and lookups scan only the slots in use.
 #[derive(Clone, Debug)]
-pub(crate) struct TaskTable<const N: usize> {
-    slots: Vec<Task, N>,
+pub(crate) struct TaskTable<const N: usize, S = Vec<Task, N>> {
+    slots: S,
     active: usize,
 }
 
-impl<const N: usize> TaskTable<N> {
-    pub(crate) fn new() -> TaskTable<N> {
+impl<const N: usize, S: Storage<Task>> TaskTable<N, S> {
+    pub(crate) fn new() -> TaskTable<N, S> {
         TaskTable {
-            slots: Vec::new(),
+            slots: S::default(),
             active: 0,
         }
     }
@@ -628,15 +632,17 @@ impl<const N: usize> TaskTable<N> {
 
     /// Claim a free slot.
     pub(crate) fn insert(&mut self) -> Result<TaskHandle, TaskSetFull> {
-        let index = match self.slots.iter().position(|t| !t.active) {
+        let index = match self.slots.items().iter().position(|t| !t.active) {
             Some(i) => i,
             None => {
-                self.slots.push(Task::default()).map_err(|_| TaskSetFull)?;
-                self.slots.len() - 1
+                self.slots
+                    .try_push(Task::default(), N)
+                    .map_err(|_| TaskSetFull)?;
+                self.slots.items().len() - 1
             }
         };
         let index16 = u16::try_from(index).map_err(|_| TaskSetFull)?;
-        let slot = &mut self.slots[index];
+        let slot = self.slots.items_mut().get_mut(index).ok_or(TaskSetFull)?;
         slot.generation = slot.generation.wrapping_add(1);
         slot.active = true;
         self.active += 1;
@@ -659,6 +665,7 @@ impl<const N: usize> TaskTable<N> {
     /// The task behind a handle, if the handle is current.
     pub(crate) fn get(&self, h: TaskHandle) -> Option<&Task> {
         self.slots
+            .items()
             .get(h.index())
             .filter(|t| t.active && t.generation == h.generation)
     }
@@ -666,13 +673,14 @@ impl<const N: usize> TaskTable<N> {
     /// The task behind a handle, mutably, if the handle is current.
     pub(crate) fn get_mut(&mut self, h: TaskHandle) -> Option<&mut Task> {
         self.slots
+            .items_mut()
             .get_mut(h.index())
             .filter(|t| t.active && t.generation == h.generation)
     }
 
     /// The current handle of slot `index`, if active.
     pub(crate) fn handle_at(&self, index: usize) -> Option<TaskHandle> {
-        let t = self.slots.get(index).filter(|t| t.active)?;
+        let t = self.slots.items().get(index).filter(|t| t.active)?;
         Some(TaskHandle {
             index: u16::try_from(index).ok()?,
             generation: t.generation,
@@ -681,13 +689,17 @@ impl<const N: usize> TaskTable<N> {
 
     /// The active task with Initiator Task Tag `itt`.
     pub(crate) fn find_itt(&self, itt: u32) -> Option<TaskHandle> {
-        let index = self.slots.iter().position(|t| t.active && t.itt == itt)?;
+        let index = self
+            .slots
+            .items()
+            .iter()
+            .position(|t| t.active && t.itt == itt)?;
         self.handle_at(index)
     }
 
     /// Handles of every active task.
     pub(crate) fn handles(&self) -> impl Iterator<Item = TaskHandle> + '_ {
-        (0..self.slots.len()).filter_map(move |i| self.handle_at(i))
+        (0..self.slots.items().len()).filter_map(move |i| self.handle_at(i))
     }
 }
 
