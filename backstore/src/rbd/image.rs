@@ -112,9 +112,14 @@ impl Handles {
         // own settings come after these and may override them.
         // Make a discard smaller than an object (or its unaligned edges) zero the range
         // instead of silently skipping it: unmapped blocks must read as zeroes.
+        // No client-side write cache: a write is acknowledged once it is in the cluster, so
+        // every other client of the image (a second target daemon serving it as another
+        // path, `rbd export`) reads it; with librbd's default writeback cache it could sit
+        // in this process's memory (as tcmu-runner also turns it off).
         let mut settings: Vec<(&str, &str)> = vec![
             ("client_mount_timeout", "30"),
             ("rbd_skip_partial_discard", "false"),
+            ("rbd_cache", "false"),
         ];
         settings.extend(opts.config.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for (key, value) in settings {

@@ -29,9 +29,10 @@ pub struct RbdOptions {
     /// Open the image head read-only (a snapshot always opens read-only).
     pub read_only: bool,
     /// Ceph options set on the client after the conf file and `CEPH_ARGS` (e.g.
-    /// `("rbd_cache", "false")`). This store sets `client_mount_timeout = 30` and
-    /// `rbd_skip_partial_discard = false` (so that unmapped ranges read as zeroes) first;
-    /// options here override them.
+    /// `("rbd_cache", "true")`). This store sets `client_mount_timeout = 30`,
+    /// `rbd_skip_partial_discard = false` (so that unmapped ranges read as zeroes) and
+    /// `rbd_cache = false` (acknowledged writes are visible to every other client of the
+    /// image) first; options here override them.
     pub config: Vec<(String, String)>,
 }
 
