@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # A throwaway single-node Ceph cluster on 127.0.0.1 for the rbd tests.
 #
-#   scripts/ceph-test-cluster.sh start DIR [--watch PID]
+#   scripts/ceph-test-cluster.sh start DIR [--osds N] [--watch PID]
 #   scripts/ceph-test-cluster.sh stop DIR
 #
-# `start` creates DIR (it must not exist or be empty), starts one ceph-mon and one memstore
-# ceph-osd (no ceph-mgr, no systemd: the daemons run in the foreground in the background of
-# this script, their PIDs kept in DIR/pids), creates the replicated pool `rbd` (size 1,
-# initialised for rbd) and one image with a unique name, then prints on stdout:
+# `start` creates DIR (it must not exist or be empty), starts one ceph-mon and N (default 1,
+# at most 9) memstore ceph-osds (no ceph-mgr, no systemd: the daemons run in the foreground
+# in the background of this script, their PIDs kept in DIR/pids), creates the replicated
+# pool `rbd` (size N, min_size N - N/2, i.e. 1 of 1, 2 of 3: one OSD of three may die
+# without stopping I/O; initialised for rbd) and one image with a unique name, then prints
+# on stdout:
 #
 #   conf=DIR/ceph.conf
 #   pool=rbd
 #   image=NAME
 #   size=BYTES
+#   osd_pids=PID0,PID1,...     (osd.0's PID first; for a test that kill -9s one)
+#
+# DIR/pids has one `NAME PID` line per process: `watch PID`, `mon PID`, `osd.I PID`.
+# With several OSDs, failure detection is tuned for tests: an OSD whose peers cannot reach
+# it is marked down after about 4 s (one reporter suffices), and a kill -9'd one at once
+# (its peers see connection refused).
 #
 # Clients use the conf file (it names the client.admin keyring; cephx is on). With
 # `--watch PID` a small watcher stops the cluster and removes DIR once process PID is gone,
@@ -31,7 +39,7 @@ die() {
 }
 
 usage() {
-    die "usage: $0 start DIR [--watch PID] | stop DIR"
+    die "usage: $0 start DIR [--osds N] [--watch PID] | stop DIR"
 }
 
 # Ceph's Python tools must run under the system interpreter.
@@ -104,7 +112,8 @@ ceph_cmd() {
 }
 
 start_cluster() {
-    local dir=$1 watch=${2:-}
+    local dir=$1 watch=${2:-} osds=${3:-1}
+    case "$osds" in [1-9]) ;; *) die "--osds: expected 1 to 9, got '$osds'" ;; esac
     for tool in ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool; do
         command -v "$tool" >/dev/null || die "$tool not found (apt-get install ceph-mon ceph-osd ceph-common)"
     done
@@ -120,11 +129,11 @@ start_cluster() {
     START_OK=0
     trap on_start_exit EXIT
 
-    local port fsid osd_uuid osd_key
+    local port fsid i
     port=$(pick_ports)
     fsid=$(cat /proc/sys/kernel/random/uuid)
-    osd_uuid=$(cat /proc/sys/kernel/random/uuid)
-    mkdir -p "$dir/mon/ceph-a" "$dir/osd/ceph-0" "$dir/run" "$dir/log"
+    mkdir -p "$dir/mon/ceph-a" "$dir/run" "$dir/log"
+    for i in $(seq 0 $((osds - 1))); do mkdir -p "$dir/osd/ceph-$i"; done
     # ceph-mon --mkfs is a silent no-op on a non-empty data dir: it must be empty here.
     rmdir "$dir/mon/ceph-a"
 
@@ -144,8 +153,8 @@ pid file = $dir/run/\$name.pid
 log file = $dir/log/\$name.log
 log to stderr = false
 err to stderr = false
-osd pool default size = 1
-osd pool default min size = 1
+osd pool default size = $osds
+osd pool default min size = $((osds - osds / 2))
 osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
 mon allow pool size one = true
@@ -154,6 +163,11 @@ mon warn on pool no redundancy = false
 # A nearly full CI disk must not stop the monitor (its default limit is 5 % free).
 mon data avail warn = 2
 mon data avail crit = 1
+# Tests kill OSDs: notice a dead one in seconds, on one peer's word.
+osd heartbeat interval = 1
+osd heartbeat grace = 4
+mon osd min down reporters = 1
+mon osd adjust heartbeat grace = false
 [mon]
 mon data = $dir/mon/\$cluster-\$id
 mon cluster log file = $dir/log/cluster.log
@@ -166,13 +180,15 @@ osd max object name len = 256
 osd max object namespace len = 64
 EOF
 
-    # Keys: mon., client.admin (in the mon keyring too) and osd.0.
+    # Keys: mon., client.admin (in the mon keyring too) and one per OSD.
     ceph-authtool --create-keyring "$dir/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
     ceph-authtool --create-keyring "$dir/keyring" --gen-key -n client.admin \
         --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
     ceph-authtool "$dir/mon.keyring" --import-keyring "$dir/keyring" >/dev/null
-    osd_key=$(ceph-authtool --gen-print-key)
-    printf '[osd.0]\n\tkey = %s\n' "$osd_key" >"$dir/osd/ceph-0/keyring"
+    for i in $(seq 0 $((osds - 1))); do
+        printf '[osd.%s]\n\tkey = %s\n' "$i" "$(ceph-authtool --gen-print-key)" \
+            >"$dir/osd/ceph-$i/keyring"
+    done
 
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port,v1:127.0.0.1:$((port + 1))]" \
         "$dir/monmap" >/dev/null
@@ -193,7 +209,6 @@ EOF
     local mon_pid=$!
     echo "mon $mon_pid" >>"$dir/pids"
 
-    local i
     for i in $(seq 1 60); do
         kill -0 "$mon_pid" 2>/dev/null || die "ceph-mon exited (port taken?)"
         if ceph_cmd mon stat >/dev/null 2>&1; then break; fi
@@ -201,24 +216,45 @@ EOF
     done
     ceph_cmd mon stat >/dev/null
 
-    printf '{"cephx_secret": "%s"}\n' "$osd_key" >"$dir/osd-secret.json"
-    local id
-    id=$(ceph_cmd osd new "$osd_uuid" -i "$dir/osd-secret.json")
-    [ "$id" = 0 ] || die "ceph osd new returned '$id', expected 0"
-    ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" --no-mon-config >>"$dir/log/osd-mkfs.out" 2>&1
-    setsid ceph-osd -f -c "$CONF" -i 0 </dev/null >>"$dir/log/osd.out" 2>&1 &
-    local osd_pid=$!
-    echo "osd $osd_pid" >>"$dir/pids"
+    # Register every OSD with the monitor, then mkfs and start them all in parallel.
+    local osd_pids=() uuid id key
+    for i in $(seq 0 $((osds - 1))); do
+        uuid=$(cat /proc/sys/kernel/random/uuid)
+        key=$(sed -n 's/^[[:space:]]*key = //p' "$dir/osd/ceph-$i/keyring")
+        printf '{"cephx_secret": "%s"}\n' "$key" >"$dir/osd/ceph-$i/secret.json"
+        id=$(ceph_cmd osd new "$uuid" -i "$dir/osd/ceph-$i/secret.json")
+        [ "$id" = "$i" ] || die "ceph osd new returned '$id', expected $i"
+        echo "$uuid" >"$dir/osd/ceph-$i/uuid"
+    done
+    local mkfs_pids=()
+    for i in $(seq 0 $((osds - 1))); do
+        ceph-osd -c "$CONF" -i "$i" --mkfs --osd-uuid "$(cat "$dir/osd/ceph-$i/uuid")" \
+            --no-mon-config >>"$dir/log/osd-mkfs.$i.out" 2>&1 &
+        mkfs_pids+=($!)
+    done
+    for i in "${!mkfs_pids[@]}"; do
+        wait "${mkfs_pids[$i]}" || die "ceph-osd --mkfs of osd.$i failed"
+    done
+    for i in $(seq 0 $((osds - 1))); do
+        setsid ceph-osd -f -c "$CONF" -i "$i" </dev/null >>"$dir/log/osd.$i.out" 2>&1 &
+        osd_pids+=($!)
+        echo "osd.$i $!" >>"$dir/pids"
+    done
 
-    for i in $(seq 1 120); do
-        kill -0 "$osd_pid" 2>/dev/null || die "ceph-osd exited"
-        if ceph_cmd osd dump 2>/dev/null | grep -q '^osd\.0 up'; then break; fi
+    local up=0
+    for _ in $(seq 1 120); do
+        for i in "${!osd_pids[@]}"; do
+            kill -0 "${osd_pids[$i]}" 2>/dev/null || die "ceph-osd osd.$i exited"
+        done
+        up=$(ceph_cmd osd dump 2>/dev/null | grep -c '^osd\.[0-9]* up' || true)
+        [ "$up" -lt "$osds" ] || break
         sleep 0.5
     done
-    ceph_cmd osd dump | grep -q '^osd\.0 up' || die "osd.0 did not come up"
+    [ "$up" -ge "$osds" ] || die "only $up of $osds OSDs came up"
 
     ceph_cmd osd pool create rbd 8 8 replicated >/dev/null 2>&1
-    ceph_cmd osd pool set rbd size 1 --yes-i-really-mean-it >/dev/null 2>&1
+    ceph_cmd osd pool set rbd size "$osds" --yes-i-really-mean-it >/dev/null 2>&1
+    ceph_cmd osd pool set rbd min_size $((osds - osds / 2)) >/dev/null 2>&1
     timeout 60 rbd -c "$CONF" pool init rbd
 
     local image="tgt-test-$(date +%s)-$$-$RANDOM"
@@ -231,6 +267,7 @@ EOF
     echo "pool=rbd"
     echo "image=$image"
     echo "size=$bytes"
+    echo "osd_pids=$(IFS=,; echo "${osd_pids[*]}")"
 }
 
 [ $# -ge 2 ] || usage
@@ -240,11 +277,17 @@ shift 2
 case "$cmd" in
 start)
     watch=
-    if [ $# -gt 0 ]; then
-        [ "$1" = --watch ] && [ $# -eq 2 ] || usage
-        watch=$2
-    fi
-    start_cluster "$dir" "$watch"
+    osds=1
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || usage
+        case "$1" in
+        --watch) watch=$2 ;;
+        --osds) osds=$2 ;;
+        *) usage ;;
+        esac
+        shift 2
+    done
+    start_cluster "$dir" "$watch" "$osds"
     ;;
 stop)
     [ $# -eq 0 ] || usage

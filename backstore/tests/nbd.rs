@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backstore::{
-    BackingStore, BsType, EngineTuning, ErrorKind, NbdOptions, NbdStore, Notify, OpenOptions,
-    Request, StoreError, lun::LunStore,
+    BackingStore, BsType, EngineTuning, ErrorKind, LbaStatus, NbdOptions, NbdStore, Notify,
+    OpenOptions, Request, StoreError, lun::LunStore,
 };
 
 const SIZE: u64 = 64 << 20;
@@ -470,4 +470,93 @@ fn gives_up_with_an_io_error_when_the_server_stays_down() {
     let mut back = [0u8; 512];
     s.read_at(&mut back, 0).unwrap();
     assert_eq!(back, [3u8; 512]);
+}
+
+/// Writes `data` into the image file at `off` (before qemu-nbd serves it).
+fn write_file(p: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(data, off).unwrap();
+}
+
+#[test]
+fn block_status_reports_holes_of_a_sparse_image() {
+    if !have_qemu_nbd() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = image(dir.path());
+    let a = pattern(1, 64 << 10);
+    let b = pattern(2, 4096);
+    write_file(&file, 1 << 20, &a);
+    write_file(&file, (8 << 20) + 4096, &b);
+    let mut srv = Server::start(&file, Listen::Tcp(free_port()), false);
+    let s = NbdStore::open(&srv.url(), &opts()).unwrap();
+    let info = s.export_info();
+    assert!(info.structured_replies, "qemu-nbd does structured replies");
+    assert!(
+        info.base_allocation.is_some(),
+        "qemu-nbd offers base:allocation"
+    );
+    let st = |mapped, len| Ok(LbaStatus { mapped, len });
+    let m1 = 1u64 << 20;
+    let m8 = 8u64 << 20;
+    assert_eq!(s.lba_status(0), st(false, m1));
+    assert_eq!(s.lba_status(m1), st(true, 64 << 10));
+    assert_eq!(s.lba_status(m1 + 4096), st(true, 60 << 10));
+    assert_eq!(
+        s.lba_status(m1 + (64 << 10)),
+        st(false, m8 + 4096 - m1 - (64 << 10))
+    );
+    assert_eq!(s.lba_status(m8 + 4096), st(true, 4096));
+    assert_eq!(s.lba_status(m8 + 8192), st(false, SIZE - m8 - 8192));
+    assert_eq!(s.lba_status(SIZE - 512), st(false, 512));
+    assert_eq!(s.lba_status(SIZE), Err(StoreError::OUT_OF_RANGE));
+
+    // Reads across holes and data (qemu-nbd answers in data and hole chunks).
+    let mut back = vec![0xffu8; 2 << 20];
+    assert_eq!(s.read_at(&mut back, 0), Ok(2 << 20));
+    assert_eq!(back, file_bytes(&file, 0, 2 << 20));
+    assert_eq!(&back[1 << 20..(1 << 20) + a.len()], &a[..]);
+
+    // Writing allocates; UNMAP (WRITE_ZEROES, qemu-nbd --discard=unmap) punches it out.
+    s.write_at(&pattern(3, 8192), 16 << 20, false).unwrap();
+    assert_eq!(s.lba_status(16 << 20), st(true, 8192));
+    s.unmap(16 << 20, 8192).unwrap();
+    assert_eq!(s.lba_status(m8 + 8192), st(false, SIZE - m8 - 8192));
+    s.unmap(m1, 64 << 10).unwrap();
+    assert_eq!(s.lba_status(0), st(false, m8 + 4096));
+
+    // A 4096-byte LUN over the same export: same extents, in its blocks.
+    let big = NbdStore::open(
+        &srv.url(),
+        &NbdOptions {
+            block_size: 4096,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(big.lba_status(m8 + 4096), st(true, 4096));
+    drop(big);
+
+    // Turned off, everything is mapped (the old behaviour), and reads still work.
+    let plain = NbdStore::open(
+        &srv.url(),
+        &NbdOptions {
+            block_status: false,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(!plain.export_info().structured_replies);
+    assert_eq!(plain.lba_status(0), st(true, SIZE));
+    let mut back = vec![0u8; 4096];
+    plain.read_at(&mut back, m8 + 4096).unwrap();
+    assert_eq!(back, b);
+    drop(plain);
+
+    // After a server restart the new connection negotiates the context again.
+    srv.restart();
+    assert_eq!(s.lba_status(m8 + 4096), st(true, 4096));
+    assert_eq!(s.reconnects(), 1);
 }

@@ -47,6 +47,10 @@ pub struct DaemonSection {
     /// Reactor threads for the mio runtime; 0 = one per core.
     #[serde(default)]
     pub reactors: usize,
+    /// Blocking I/O threads per mio reactor (requests to file, nbd and rbd stores that
+    /// cannot be served inline); 0 = the built-in default (8).
+    #[serde(default)]
+    pub io_threads: usize,
 }
 
 impl Default for DaemonSection {
@@ -55,6 +59,7 @@ impl Default for DaemonSection {
             listen: default_listen(),
             runtime: default_runtime(),
             reactors: 0,
+            io_threads: 0,
         }
     }
 }
@@ -328,6 +333,8 @@ pub struct Validated {
     pub runtime: RuntimeKind,
     /// Reactor threads (0 = one per core).
     pub reactors: usize,
+    /// I/O threads per reactor (0 = the runtime's default).
+    pub io_threads: usize,
     /// Targets.
     pub targets: Vec<TargetSpec>,
     /// Resource limits.
@@ -390,6 +397,9 @@ impl Config {
             .ok_or_else(|| err("daemon.runtime", &d.runtime, "must be mio or threads"))?;
         if d.reactors > 1024 {
             return Err(err("daemon.reactors", d.reactors, "must be 0..=1024"));
+        }
+        if d.io_threads > 1024 {
+            return Err(err("daemon.io_threads", d.io_threads, "must be 0..=1024"));
         }
 
         let mut users = HashSet::new();
@@ -489,6 +499,7 @@ impl Config {
             listen,
             runtime,
             reactors: d.reactors,
+            io_threads: d.io_threads,
             targets,
             limits: self.limits.to_limits()?,
         })
@@ -595,6 +606,7 @@ mod tests {
 listen   = ["0.0.0.0:3260"]
 runtime  = "mio"
 reactors = 0
+io_threads = 32
 
 [[account]]
 user = "alice"
@@ -636,6 +648,7 @@ thin = true
             vec!["0.0.0.0:3260".parse::<SocketAddr>().unwrap()]
         );
         assert_eq!(v.runtime, RuntimeKind::Mio);
+        assert_eq!((v.reactors, v.io_threads), (0, 32));
         let t = &v.targets[0];
         assert_eq!(t.tid, 1);
         assert_eq!(t.initiators, vec![InitiatorRule::All]);
@@ -688,6 +701,7 @@ thin = true
             ("initiators = [\"ALL\"]", "initiators = [\"10.0.0.0/40\"]"),
             ("lun = 1", "lun = 20000"),
             ("readonly = false", "readonly = false\ncolour = 1"),
+            ("io_threads = 32", "io_threads = 5000"),
         ];
         let expect = [
             "target[0].lun[0].size = \"10Q\": has an unknown unit",
@@ -702,6 +716,7 @@ thin = true
             "target[0].initiators[0] = \"10.0.0.0/40\": has a bad prefix length",
             "target[0].lun[0].lun = 20000: must be 0..=16383",
             "unknown field `colour`",
+            "daemon.io_threads = 5000: must be 0..=1024",
         ];
         for ((from, to), want) in cases.iter().zip(expect) {
             let text = FULL.replacen(from, to, 1);

@@ -210,7 +210,10 @@ pub fn run(config: Config, opts: &DaemonOptions) -> Result<()> {
             &v.listen,
             runtime_mio::MioConfig {
                 reactors: v.reactors,
-                ..runtime_mio::MioConfig::default()
+                io_threads: match v.io_threads {
+                    0 => runtime_mio::MioConfig::default().io_threads,
+                    n => n,
+                },
             },
         )
         .map(Running::Mio),

@@ -17,14 +17,10 @@
 //! Built only with the `rbd` feature: `cargo test -p tgt-cli --features rbd --test
 //! rbd_native`.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::ceph::shared;
 use common::client::Client;
 use common::*;
 
@@ -40,112 +36,12 @@ const MIB: u64 = 1 << 20;
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;
 
-/// Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-struct Cluster {
-    conf: PathBuf,
-    pool: String,
-}
-
-fn start_cluster() -> Option<Cluster> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = ["ceph-mon", "ceph-osd", "rbd"]
-        .into_iter()
-        .filter(|tool| {
-            !std::env::split_paths(&path)
-                .chain([PathBuf::from("/usr/bin")])
-                .any(|d| d.join(tool).is_file())
-        })
-        .collect();
-    if !missing.is_empty() {
-        say(&format!(
-            "SKIPPED: {} not installed (apt-get install ceph-mon ceph-osd ceph-common); the \
-             rbd tests need a throwaway Ceph cluster",
-            missing.join(", ")
-        ));
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ceph-test-cluster.sh");
-    let dir = std::env::temp_dir().join(format!("tgt-cli-rbd-native-{}", std::process::id()));
-    let started = Instant::now();
-    let out = Command::new(&script)
-        .arg("start")
-        .arg(&dir)
-        .args(["--watch", &std::process::id().to_string()])
-        .output()
-        .expect("run ceph-test-cluster.sh");
-    assert!(
-        out.status.success(),
-        "ceph-test-cluster.sh start failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
-    let field = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {key}= in the script's output {stdout:?}"))
-            .to_owned()
-    };
-    say(&format!(
-        "ceph test cluster up in {:.1} s at {}",
-        started.elapsed().as_secs_f64(),
-        dir.display()
-    ));
-    Some(Cluster {
-        conf: field("conf").into(),
-        pool: field("pool"),
-    })
-}
-
-/// The cluster this binary's tests share (None: no Ceph tools, skip). A static is never
-/// dropped: the script's watcher stops the cluster when this process exits.
-fn cluster() -> Option<&'static Cluster> {
-    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
-    static START: Mutex<()> = Mutex::new(());
-    let _g = START.lock().unwrap_or_else(|e| e.into_inner());
-    CLUSTER.get_or_init(start_cluster).as_ref()
-}
-
-impl Cluster {
-    fn rbd(&self, args: &[&str]) {
-        let out = Command::new("rbd")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .output()
-            .expect("run rbd");
-        assert!(
-            out.status.success(),
-            "rbd {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A new image of `mib` MiB; its `pool/name`.
-    fn image(&self, name: &str, mib: u64) -> String {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let image = format!(
-            "{}/{name}-{}-{}",
-            self.pool,
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        self.rbd(&["create", &image, "--size", &format!("{mib}M")]);
-        image
-    }
-
-    fn config(&self, image: &str) -> String {
-        format!(
-            "[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
-             [[target.lun]]\nlun = 1\nbstype = \"rbd\"\n\
-             backing_store = \"rbd:{image}:conf={}\"\nthin = true\n",
-            self.conf.display()
-        )
-    }
+/// The target config: one target, LUN 1 on `backing`.
+fn config(backing: &str) -> String {
+    format!(
+        "[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
+         [[target.lun]]\nlun = 1\nbstype = \"rbd\"\nbacking_store = \"{backing}\"\nthin = true\n"
+    )
 }
 
 /// A 16-byte CDB: opcode, byte 1, LBA, 32-bit count.
@@ -272,10 +168,11 @@ fn wait_capacity_changed(c: &mut Client, what: &str) {
 }
 
 fn native_ops(runtime: &str) {
-    let Some(cl) = cluster() else { return };
+    let Some(cl) = shared() else { return };
     let dir = tempdir();
-    let image = cl.image(&format!("native-{runtime}"), 16);
-    let d = Daemon::start(dir.path(), runtime, &cl.config(&image));
+    let name = cl.image(&format!("native-{runtime}"), 16);
+    let image = format!("{}/{name}", cl.pool);
+    let d = Daemon::start(dir.path(), runtime, &config(&cl.backing_store(&name)));
     let mut c = Client::login(d.port, IQN, INITIATOR, 1).expect("login");
     c.clear_unit_attentions(LUN).expect("unit attentions");
 

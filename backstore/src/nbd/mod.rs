@@ -6,8 +6,9 @@
 //! - a caller (an I/O pool thread) registers its request in a table keyed by the NBD
 //!   cookie (handle), sends it under a short writer lock, and sleeps on a condition
 //!   variable until its reply arrives;
-//! - one reader thread per connection reads simple replies, copies a READ reply's payload
-//!   into a buffer (from a small free list) and wakes the callers.
+//! - one reader thread per connection reads the replies (simple, or structured chunks),
+//!   copies a READ reply's payload into a buffer (from a small free list) and wakes the
+//!   callers.
 //!
 //! Memory is bounded by the requests in flight (one payload each, at most the chunk size);
 //! there is no thread per request.
@@ -23,7 +24,17 @@
 //!
 //! **Protocol.** Fixed newstyle handshake with `NBD_OPT_GO` (asking for
 //! `NBD_INFO_BLOCK_SIZE`), falling back to `NBD_OPT_EXPORT_NAME` when the server does not
-//! know GO; simple replies only. Reads and writes are split at the server's maximum payload
+//! know GO. Before that the client asks for structured replies (`NBD_OPT_STRUCTURED_REPLY`)
+//! and the `base:allocation` metadata context (`NBD_OPT_SET_META_CONTEXT`); when the server
+//! grants both, [`BackingStore::lba_status`] (GET LBA STATUS) asks `NBD_CMD_BLOCK_STATUS`
+//! (an extent with `NBD_STATE_HOLE` and `NBD_STATE_ZERO` is deallocated, anything else is
+//! mapped), otherwise every extent is reported mapped, as before. A server that refuses the
+//! options (an older one) keeps simple replies; each connection, including every reconnect,
+//! negotiates afresh. With structured replies a READ may come back in several chunks
+//! (`OFFSET_DATA`, `OFFSET_HOLE`, errors): the reader assembles them into the request's
+//! buffer, checking every offset and length against the request and reading any other
+//! payload piecewise, so a hostile server cannot make it panic or allocate more than the
+//! request's own length. Reads and writes are split at the server's maximum payload
 //! (at most 32 MiB). `fua` writes carry `NBD_CMD_FLAG_FUA` when the server advertises it,
 //! else they are followed by a FLUSH. [`BackingStore::unmap`] and
 //! [`BackingStore::write_zeroes`] use `NBD_CMD_WRITE_ZEROES` without `NO_HOLE` (the server
@@ -49,7 +60,8 @@ use std::time::{Duration, Instant};
 use crate::error::{OpenError, OpenErrorKind, StoreError};
 use crate::store::{BackingStore, check_range, check_writable, write_zeroes_by_writing};
 
-use proto::{Cmd, Info, OptionReply, Request, SimpleReply};
+use crate::store::LbaStatus;
+use proto::{Cmd, Info, OptionReply, ProtoError, ReplyHead, Request};
 pub use url::{DEFAULT_PORT, NbdAddr, NbdUrl};
 
 /// The largest payload of one READ or WRITE unless the server announces a smaller one.
@@ -80,6 +92,9 @@ pub struct NbdOptions {
     pub request_timeout: Duration,
     /// Timeout of the TCP connect and of each handshake read or write.
     pub connect_timeout: Duration,
+    /// Ask for structured replies and the `base:allocation` context, for GET LBA STATUS
+    /// through `NBD_CMD_BLOCK_STATUS` (servers that do not offer them are used without).
+    pub block_status: bool,
 }
 
 impl Default for NbdOptions {
@@ -91,6 +106,7 @@ impl Default for NbdOptions {
             reconnect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            block_status: true,
         }
     }
 }
@@ -108,6 +124,11 @@ pub struct ExportInfo {
     pub max_payload: u32,
     /// Whether the handshake fell back to `NBD_OPT_EXPORT_NAME`.
     pub legacy_export_name: bool,
+    /// Whether the server agreed to structured replies.
+    pub structured_replies: bool,
+    /// The id the server gave the `base:allocation` context, if it offers it (and
+    /// structured replies): GET LBA STATUS asks the server.
+    pub base_allocation: Option<u32>,
 }
 
 impl ExportInfo {
@@ -216,8 +237,87 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// The most replies one option may get (a server sending more is not trusted further).
+const MAX_OPTION_REPLIES: u32 = 256;
+
+/// Reads one option reply (header and bounded payload) that must answer `option`; `count`
+/// counts the replies to this option so far.
+fn read_option_reply(
+    mut r: &Stream,
+    option: u32,
+    count: &mut u32,
+) -> io::Result<(OptionReply, Vec<u8>)> {
+    *count += 1;
+    if *count > MAX_OPTION_REPLIES {
+        return Err(invalid(format!(
+            "more than {MAX_OPTION_REPLIES} replies to option {option}"
+        )));
+    }
+    let mut h = [0u8; proto::OPTION_REPLY_LEN];
+    r.read_exact(&mut h)?;
+    let rep = OptionReply::decode(&h).ok_or_else(|| invalid("bad option reply magic"))?;
+    if rep.len > proto::MAX_OPTION_REPLY {
+        return Err(invalid(format!("option reply of {} bytes", rep.len)));
+    }
+    let mut data = vec![0u8; rep.len as usize];
+    r.read_exact(&mut data)?;
+    if rep.option != option {
+        return Err(invalid(format!(
+            "reply to option {} while waiting for option {option}",
+            rep.option
+        )));
+    }
+    Ok((rep, data))
+}
+
+/// `NBD_OPT_STRUCTURED_REPLY`, then `NBD_OPT_SET_META_CONTEXT` for `base:allocation`:
+/// whether structured replies are on, and the context's id. A refusal (any error reply)
+/// leaves the feature off; the negotiation goes on.
+fn negotiate_block_status(s: &Stream, export: &str) -> io::Result<(bool, Option<u32>)> {
+    let mut w = s;
+    let mut msg = Vec::new();
+    proto::encode_option(proto::OPT_STRUCTURED_REPLY, &[], &mut msg);
+    w.write_all(&msg)?;
+    let mut count = 0;
+    let structured = loop {
+        let (rep, _) = read_option_reply(s, proto::OPT_STRUCTURED_REPLY, &mut count)?;
+        match rep.kind {
+            proto::REP_ACK => break true,
+            k if k & proto::REP_FLAG_ERROR != 0 => break false,
+            _ => {} // Unknown non-error replies are ignored, as the spec asks.
+        }
+    };
+    if !structured {
+        return Ok((false, None));
+    }
+    msg.clear();
+    proto::encode_option(
+        proto::OPT_SET_META_CONTEXT,
+        &proto::meta_context_data(export, proto::BASE_ALLOCATION),
+        &mut msg,
+    );
+    w.write_all(&msg)?;
+    let mut id = None;
+    let mut count = 0;
+    loop {
+        let (rep, data) = read_option_reply(s, proto::OPT_SET_META_CONTEXT, &mut count)?;
+        match rep.kind {
+            proto::REP_META_CONTEXT => {
+                if let Some((ctx, name)) = proto::parse_meta_context(&data) {
+                    if name == proto::BASE_ALLOCATION.as_bytes() {
+                        id = Some(ctx);
+                    }
+                }
+            }
+            proto::REP_ACK => return Ok((true, id)),
+            k if k & proto::REP_FLAG_ERROR != 0 => return Ok((true, None)),
+            _ => {}
+        }
+    }
+}
+
 /// The fixed newstyle handshake on a fresh connection, up to the transmission phase.
-fn handshake(s: &Stream, export: &str) -> io::Result<ExportInfo> {
+fn handshake(s: &Stream, export: &str, block_status: bool) -> io::Result<ExportInfo> {
     let mut r = s;
     let mut w = s;
     let mut word = [0u8; 8];
@@ -247,6 +347,12 @@ fn handshake(s: &Stream, export: &str) -> io::Result<ExportInfo> {
     }
     w.write_all(&cflags.to_be_bytes())?;
 
+    // Options other than EXPORT_NAME need fixed newstyle.
+    let (structured, base_allocation) = if fixed && block_status {
+        negotiate_block_status(s, export)?
+    } else {
+        (false, None)
+    };
     if fixed {
         let mut msg = Vec::new();
         proto::encode_option(proto::OPT_GO, &proto::go_data(export), &mut msg);
@@ -257,23 +363,13 @@ fn handshake(s: &Stream, export: &str) -> io::Result<ExportInfo> {
             min_block: 1,
             max_payload: MAX_PAYLOAD,
             legacy_export_name: false,
+            structured_replies: structured,
+            base_allocation,
         };
         let mut have_export = false;
+        let mut count = 0;
         loop {
-            let mut h = [0u8; proto::OPTION_REPLY_LEN];
-            r.read_exact(&mut h)?;
-            let rep = OptionReply::decode(&h).ok_or_else(|| invalid("bad option reply magic"))?;
-            if rep.len > proto::MAX_OPTION_REPLY {
-                return Err(invalid(format!("option reply of {} bytes", rep.len)));
-            }
-            let mut data = vec![0u8; rep.len as usize];
-            r.read_exact(&mut data)?;
-            if rep.option != proto::OPT_GO {
-                return Err(invalid(format!(
-                    "reply to option {} while waiting for NBD_OPT_GO",
-                    rep.option
-                )));
-            }
+            let (rep, data) = read_option_reply(s, proto::OPT_GO, &mut count)?;
             match rep.kind {
                 proto::REP_INFO => match proto::parse_info(&data) {
                     Info::Export { size, flags } => {
@@ -340,14 +436,17 @@ fn handshake(s: &Stream, export: &str) -> io::Result<ExportInfo> {
         min_block: 1,
         max_payload: MAX_PAYLOAD,
         legacy_export_name: true,
+        structured_replies: structured,
+        base_allocation,
     })
 }
 
 /// Connects and negotiates.
-fn connect(url: &NbdUrl, timeout: Duration) -> io::Result<(Stream, ExportInfo)> {
+fn connect(url: &NbdUrl, opts: &NbdOptions) -> io::Result<(Stream, ExportInfo)> {
+    let timeout = opts.connect_timeout;
     let s = Stream::connect(&url.addr, timeout)?;
     s.set_timeouts(Some(timeout))?;
-    let info = handshake(&s, &url.export)?;
+    let info = handshake(&s, &url.export, opts.block_status)?;
     s.set_timeouts(None)?;
     Ok((s, info))
 }
@@ -365,17 +464,91 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a successful reply carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Nothing but success.
+    Done,
+    /// A READ's payload.
+    Data(Vec<u8>),
+    /// The first `base:allocation` extent of a BLOCK_STATUS: length in bytes and
+    /// `NBD_STATE_*` flags.
+    Extent(u32, u32),
+}
+
 enum SlotState {
     Waiting,
-    Done(Result<Option<Vec<u8>>, StoreError>),
+    Done(Result<Answer, StoreError>),
 }
 
 struct Slot {
     /// The connection it was sent on.
     epoch: u64,
+    /// The command (structured chunks must fit it).
+    cmd: Cmd,
+    /// The request's offset (READ chunks carry absolute offsets).
+    offset: u64,
     /// Payload length expected with a successful reply (READ), else 0.
     read_len: usize,
     state: SlotState,
+}
+
+/// A reply being assembled from structured chunks (reader-local, one per request with
+/// chunks received and no DONE yet; so at most one per request in flight).
+#[derive(Default)]
+struct Partial {
+    /// A READ's buffer (zeroed, `read_len` bytes), once a data or hole chunk arrived.
+    buf: Option<Vec<u8>>,
+    /// Bytes of the READ covered by data and hole chunks.
+    covered: u64,
+    /// The first error chunk's error.
+    error: Option<StoreError>,
+    /// The first `base:allocation` extent.
+    extent: Option<(u32, u32)>,
+}
+
+/// Reads and drops `n` bytes through a small stack buffer.
+fn skip(mut r: &Stream, mut n: u64) -> io::Result<()> {
+    let mut sink = [0u8; 4096];
+    while n > 0 {
+        let k = n.min(sink.len() as u64) as usize;
+        r.read_exact(&mut sink[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// What a structured chunk did to the reader: go on, or the connection is unusable.
+type ChunkResult = Result<(), String>;
+
+/// A structured reply chunk header.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    flags: u16,
+    kind: u16,
+    handle: u64,
+    /// Payload length (untrusted).
+    len: u32,
+}
+
+/// The GET LBA STATUS answer for a `base:allocation` extent of `len` bytes with `flags`
+/// at a block-aligned offset, `rest` bytes before the end of the store: an extent that is
+/// a hole and reads as zeroes is deallocated (whole blocks of it; a hole shorter than a
+/// block leaves that block mapped), anything else is mapped, rounded up to whole blocks.
+fn extent_status(len: u32, flags: u32, block: u64, rest: u64) -> LbaStatus {
+    let len = u64::from(len).min(rest);
+    let hole = flags & proto::STATE_HOLE != 0 && flags & proto::STATE_ZERO != 0;
+    let whole = len / block * block;
+    if hole && whole > 0 {
+        return LbaStatus {
+            mapped: false,
+            len: whole,
+        };
+    }
+    LbaStatus {
+        mapped: true,
+        len: len.max(1).div_ceil(block).saturating_mul(block).min(rest),
+    }
 }
 
 /// Requests in flight, keyed by cookie, and which connection is alive.
@@ -391,6 +564,8 @@ struct Table {
 struct Writer {
     stream: Option<Stream>,
     epoch: u64,
+    /// The live connection's `base:allocation` context id (`None`: no BLOCK_STATUS).
+    base_allocation: Option<u32>,
     /// When the connection was found broken and not yet replaced.
     down_since: Option<Instant>,
     readers: Vec<JoinHandle<()>>,
@@ -437,7 +612,7 @@ impl Shared {
         let since = *w.down_since.get_or_insert_with(Instant::now);
         let mut delay = Duration::from_millis(20);
         loop {
-            match connect(&self.url, self.opts.connect_timeout) {
+            match connect(&self.url, &self.opts) {
                 Ok((stream, info)) => {
                     if info.size != self.info.size
                         || info.has(proto::TF_READ_ONLY) != self.info.has(proto::TF_READ_ONLY)
@@ -464,10 +639,11 @@ impl Shared {
                     let me = self.clone();
                     let handle = std::thread::Builder::new()
                         .name("nbd-reader".into())
-                        .spawn(move || me.read_replies(&reader, epoch))
+                        .spawn(move || me.read_replies(&reader, epoch, info))
                         .map_err(StoreError::from)?;
                     w.readers.push(handle);
                     w.epoch = epoch;
+                    w.base_allocation = info.base_allocation;
                     w.stream = Some(stream);
                     let t = &mut lock(&self.table);
                     t.live_epoch = epoch;
@@ -497,9 +673,10 @@ impl Shared {
         }
     }
 
-    /// The reader thread of connection `epoch`: dispatches replies until the socket fails.
-    fn read_replies(&self, s: &Stream, epoch: u64) {
-        let why = self.read_loop(s, epoch);
+    /// The reader thread of connection `epoch` (negotiated as `conn`): dispatches replies
+    /// until the socket fails.
+    fn read_replies(&self, s: &Stream, epoch: u64, conn: ExportInfo) {
+        let why = self.read_loop(s, epoch, conn);
         let t = &mut lock(&self.table);
         if t.live_epoch == epoch && !self.closed.load(Ordering::Acquire) {
             log::warn!("{}: connection lost: {why}", self.url);
@@ -507,31 +684,75 @@ impl Shared {
         self.kill(t, epoch);
     }
 
-    fn read_loop(&self, s: &Stream, epoch: u64) -> String {
+    /// The slot `handle` waits in on connection `epoch`: (command, offset, READ length).
+    fn waiting(&self, handle: u64, epoch: u64) -> Result<(Cmd, u64, usize), String> {
+        let t = lock(&self.table);
+        match t.slots.get(&handle) {
+            Some(slot) if slot.epoch == epoch && matches!(slot.state, SlotState::Waiting) => {
+                Ok((slot.cmd, slot.offset, slot.read_len))
+            }
+            _ => Err(format!("reply with unknown cookie {handle:#x}")),
+        }
+    }
+
+    /// Hands a finished request its result (if it still waits on this connection).
+    fn deliver(&self, handle: u64, epoch: u64, result: Result<Answer, StoreError>) {
+        let t = &mut lock(&self.table);
+        if let Some(slot) = t.slots.get_mut(&handle) {
+            if slot.epoch == epoch {
+                slot.state = SlotState::Done(result);
+                self.cv.notify_all();
+            }
+        }
+    }
+
+    /// A zeroed buffer of `len` bytes, from the free list if it has one.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = lock(&self.free).pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn read_loop(&self, s: &Stream, epoch: u64, conn: ExportInfo) -> String {
         let mut r = s;
+        let mut partial: HashMap<u64, Partial> = HashMap::new();
         loop {
             let mut h = [0u8; proto::SIMPLE_REPLY_LEN];
             if let Err(e) = r.read_exact(&mut h) {
                 return eof_text(&e);
             }
-            let reply = match SimpleReply::decode(&h) {
-                Ok(x) => x,
+            let reply = match ReplyHead::decode(&h, conn.structured_replies) {
+                Ok(ReplyHead::Simple(x)) => x,
+                Ok(ReplyHead::Structured {
+                    flags,
+                    kind,
+                    handle,
+                }) => {
+                    let mut l = [0u8; 4];
+                    if let Err(e) = r.read_exact(&mut l) {
+                        return eof_text(&e);
+                    }
+                    let len = u32::from_be_bytes(l);
+                    let chunk = Chunk {
+                        flags,
+                        kind,
+                        handle,
+                        len,
+                    };
+                    if let Err(why) = self.structured_chunk(s, epoch, &conn, &mut partial, chunk) {
+                        return why;
+                    }
+                    continue;
+                }
                 Err(e) => return e.to_string(),
             };
-            let read_len = {
-                let t = lock(&self.table);
-                match t.slots.get(&reply.handle) {
-                    Some(slot)
-                        if slot.epoch == epoch && matches!(slot.state, SlotState::Waiting) =>
-                    {
-                        if reply.error == 0 {
-                            slot.read_len
-                        } else {
-                            0
-                        }
-                    }
-                    _ => return format!("reply with unknown cookie {:#x}", reply.handle),
-                }
+            // A simple reply ends its request, whatever chunks came before.
+            partial.remove(&reply.handle);
+            let read_len = match self.waiting(reply.handle, epoch) {
+                Ok((_, _, n)) if reply.error == 0 => n,
+                Ok(_) => 0,
+                Err(why) => return why,
             };
             let errno = proto::errno_of(reply.error);
             if reply.error != 0 && errno == libc::ESHUTDOWN {
@@ -546,22 +767,155 @@ impl Shared {
                 if let Err(e) = r.read_exact(&mut buf) {
                     return eof_text(&e);
                 }
-                Ok(Some(buf))
+                Ok(Answer::Data(buf))
             } else {
-                Ok(None)
+                Ok(Answer::Done)
             };
-            let t = &mut lock(&self.table);
-            if let Some(slot) = t.slots.get_mut(&reply.handle) {
-                if slot.epoch == epoch {
-                    slot.state = SlotState::Done(result);
-                    self.cv.notify_all();
-                }
-            }
+            self.deliver(reply.handle, epoch, result);
         }
     }
 
+    /// One structured reply chunk whose header was read: reads its payload (checked
+    /// against the request, never allocating by a length field), folds it into the
+    /// request's [`Partial`], and delivers the result on DONE. `Err` ends the connection.
+    fn structured_chunk(
+        &self,
+        s: &Stream,
+        epoch: u64,
+        conn: &ExportInfo,
+        partial: &mut HashMap<u64, Partial>,
+        c: Chunk,
+    ) -> ChunkResult {
+        let mut r = s;
+        let (cmd, req_offset, read_len) = self.waiting(c.handle, epoch)?;
+        let bad_len = || ProtoError::ChunkLength(c.kind, c.len).to_string();
+        let io = |e: io::Error| eof_text(&e);
+        match c.kind {
+            proto::REPLY_TYPE_NONE => {
+                if c.len != 0 {
+                    return Err(bad_len());
+                }
+                if c.flags & proto::REPLY_FLAG_DONE == 0 {
+                    return Err(ProtoError::NoneNotDone.to_string());
+                }
+            }
+            proto::REPLY_TYPE_OFFSET_DATA | proto::REPLY_TYPE_OFFSET_HOLE => {
+                if cmd != Cmd::Read {
+                    return Err(ProtoError::ChunkType(c.kind).to_string());
+                }
+                let hole = c.kind == proto::REPLY_TYPE_OFFSET_HOLE;
+                if (hole && c.len != 12) || (!hole && c.len < 8) {
+                    return Err(bad_len());
+                }
+                let mut o = [0u8; 8];
+                r.read_exact(&mut o).map_err(io)?;
+                let n = if hole {
+                    let mut l = [0u8; 4];
+                    r.read_exact(&mut l).map_err(io)?;
+                    u64::from(u32::from_be_bytes(l))
+                } else {
+                    u64::from(c.len - 8)
+                };
+                // The chunk must lie inside the request.
+                let at = u64::from_be_bytes(o)
+                    .checked_sub(req_offset)
+                    .filter(|at| at.checked_add(n).is_some_and(|end| end <= read_len as u64))
+                    .ok_or_else(|| ProtoError::ChunkRange.to_string())?;
+                let p = partial.entry(c.handle).or_default();
+                let buf = p.buf.get_or_insert_with(|| self.buffer(read_len));
+                // In range: at + n <= read_len == buf.len().
+                let piece = buf
+                    .get_mut(at as usize..(at + n) as usize)
+                    .ok_or_else(|| ProtoError::ChunkRange.to_string())?;
+                if hole {
+                    piece.fill(0);
+                } else {
+                    r.read_exact(piece).map_err(io)?;
+                }
+                p.covered = p.covered.saturating_add(n);
+            }
+            proto::REPLY_TYPE_BLOCK_STATUS => {
+                let body = (c.len as usize).checked_sub(4 + proto::EXTENT_LEN);
+                if cmd != Cmd::BlockStatus {
+                    return Err(ProtoError::ChunkType(c.kind).to_string());
+                }
+                let Some(rest) = body.filter(|b| b % proto::EXTENT_LEN == 0) else {
+                    return Err(bad_len());
+                };
+                let mut id = [0u8; 4];
+                r.read_exact(&mut id).map_err(io)?;
+                let mut e = [0u8; proto::EXTENT_LEN];
+                r.read_exact(&mut e).map_err(io)?;
+                // Only the first extent is used (REQ_ONE asks for one anyway).
+                skip(s, rest as u64).map_err(io)?;
+                let p = partial.entry(c.handle).or_default();
+                if Some(u32::from_be_bytes(id)) == conn.base_allocation && p.extent.is_none() {
+                    let (len, flags) = proto::parse_extent(&e);
+                    if len == 0 {
+                        // An empty extent says nothing; fail this request only.
+                        p.error.get_or_insert(StoreError::IO);
+                    } else {
+                        p.extent = Some((len, flags));
+                    }
+                }
+            }
+            k if k & proto::REPLY_TYPE_ERROR_BIT != 0 => {
+                let p = partial.entry(c.handle).or_default();
+                let errno = if (c.len as usize) < proto::ERROR_CHUNK_LEN {
+                    // Too short to say which error: still an error; skip what is there.
+                    skip(s, u64::from(c.len)).map_err(io)?;
+                    libc::EIO
+                } else {
+                    let mut e = [0u8; proto::ERROR_CHUNK_LEN];
+                    r.read_exact(&mut e).map_err(io)?;
+                    let (error, msg_len) = proto::parse_error_chunk(&e);
+                    let rest = c.len - proto::ERROR_CHUNK_LEN as u32;
+                    if u32::from(msg_len) > rest {
+                        return Err(bad_len());
+                    }
+                    // The message (and an ERROR_OFFSET's offset) are not used.
+                    skip(s, u64::from(rest)).map_err(io)?;
+                    proto::errno_of(error)
+                };
+                if errno == libc::ESHUTDOWN {
+                    return Err("server shutting down".into());
+                }
+                p.error.get_or_insert(StoreError::from_errno(errno));
+            }
+            k => return Err(ProtoError::ChunkType(k).to_string()),
+        }
+        if c.flags & proto::REPLY_FLAG_DONE == 0 {
+            return Ok(());
+        }
+        let p = partial.remove(&c.handle).unwrap_or_default();
+        let result = match (p.error, cmd) {
+            (Some(e), _) => Err(e),
+            (None, Cmd::Read) => match p.buf {
+                Some(buf) if p.covered == read_len as u64 => Ok(Answer::Data(buf)),
+                // Part of the READ was never sent (or sent twice).
+                _ if read_len > 0 => {
+                    log::warn!("{}: READ reply does not cover the request", self.url);
+                    Err(StoreError::IO)
+                }
+                _ => Ok(Answer::Data(Vec::new())),
+            },
+            (None, Cmd::BlockStatus) => match p.extent {
+                Some((len, flags)) => Ok(Answer::Extent(len, flags)),
+                None => {
+                    log::warn!("{}: BLOCK_STATUS reply without base:allocation", self.url);
+                    Err(StoreError::IO)
+                }
+            },
+            (None, _) => Ok(Answer::Done),
+        };
+        self.deliver(c.handle, epoch, result);
+        Ok(())
+    }
+
     /// Sends one request and waits for its reply, sending it again on a new connection if
-    /// the connection drops first. `out` receives a READ's payload.
+    /// the connection drops first. `out` receives a READ's payload; a BLOCK_STATUS returns
+    /// its extent (length, flags), or [`StoreError::UNSUPPORTED`] if the live connection
+    /// has no `base:allocation` context.
     fn transact(
         self: &Arc<Self>,
         cmd: Cmd,
@@ -570,7 +924,7 @@ impl Shared {
         len: u32,
         payload: &[u8],
         mut out: Option<&mut [u8]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<(u32, u32)>, StoreError> {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let header = Request {
             flags,
@@ -586,11 +940,16 @@ impl Shared {
             let epoch = {
                 let mut w = lock(&self.writer);
                 self.ensure_connected(&mut w)?;
+                if cmd == Cmd::BlockStatus && w.base_allocation.is_none() {
+                    return Err(StoreError::UNSUPPORTED);
+                }
                 let epoch = w.epoch;
                 lock(&self.table).slots.insert(
                     handle,
                     Slot {
                         epoch,
+                        cmd,
+                        offset,
                         read_len,
                         state: SlotState::Waiting,
                     },
@@ -633,17 +992,26 @@ impl Shared {
                     t.slots.remove(&handle);
                     drop(t);
                     return match result {
-                        Ok(Some(buf)) => {
-                            if let Some(o) = out.as_deref_mut() {
-                                o.copy_from_slice(&buf);
-                            }
+                        Ok(Answer::Data(buf)) => {
+                            let copied = match out.as_deref_mut() {
+                                Some(o) if o.len() == buf.len() => {
+                                    o.copy_from_slice(&buf);
+                                    true
+                                }
+                                _ => false,
+                            };
                             let mut free = lock(&self.free);
                             if free.len() < FREE_BUFFERS {
                                 free.push(buf);
                             }
-                            Ok(())
+                            if copied {
+                                Ok(None)
+                            } else {
+                                Err(StoreError::IO)
+                            }
                         }
-                        Ok(None) => Ok(()),
+                        Ok(Answer::Extent(len, flags)) => Ok(Some((len, flags))),
+                        Ok(Answer::Done) => Ok(None),
                         Err(e) => Err(e),
                     };
                 }
@@ -709,8 +1077,7 @@ impl NbdStore {
         if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
             return Err(OpenError::new(url, OpenErrorKind::BadBlockSize(bs)));
         }
-        let (stream, info) =
-            connect(&parsed, opts.connect_timeout).map_err(|e| remote(e.to_string()))?;
+        let (stream, info) = connect(&parsed, opts).map_err(|e| remote(e.to_string()))?;
         if info.size == 0 {
             return Err(OpenError::new(url, OpenErrorKind::Empty));
         }
@@ -751,6 +1118,7 @@ impl NbdStore {
             info,
             writer: Mutex::new(Writer {
                 stream: Some(stream),
+                base_allocation: info.base_allocation,
                 epoch: 1,
                 down_since: None,
                 readers: Vec::new(),
@@ -769,11 +1137,11 @@ impl NbdStore {
         let me = shared.clone();
         let handle = std::thread::Builder::new()
             .name("nbd-reader".into())
-            .spawn(move || me.read_replies(&reader, 1))
+            .spawn(move || me.read_replies(&reader, 1, info))
             .map_err(|e| OpenError::os(url, &e))?;
         lock(&shared.writer).readers.push(handle);
         log::info!(
-            "{}: {} bytes, flags {:#06x}, max payload {}{}",
+            "{}: {} bytes, flags {:#06x}, max payload {}{}{}",
             shared.url,
             info.size,
             info.flags,
@@ -782,6 +1150,11 @@ impl NbdStore {
                 " (NBD_OPT_EXPORT_NAME)"
             } else {
                 ""
+            },
+            match (info.structured_replies, info.base_allocation) {
+                (true, Some(_)) => ", structured replies, base:allocation",
+                (true, None) => ", structured replies",
+                _ => "",
             }
         );
         Ok(Self {
@@ -834,7 +1207,9 @@ impl NbdStore {
 
     fn flush_if_supported(&self) -> Result<(), StoreError> {
         if self.shared.info.has(proto::TF_SEND_FLUSH) {
-            self.shared.transact(Cmd::Flush, 0, 0, 0, &[], None)
+            self.shared
+                .transact(Cmd::Flush, 0, 0, 0, &[], None)
+                .map(drop)
         } else {
             // The server does not cache writes (it did not ask for flushes).
             Ok(())
@@ -912,6 +1287,33 @@ impl BackingStore for NbdStore {
         write_zeroes_by_writing(offset, len, |chunk, off| {
             self.write_at(chunk, off, false).map(drop)
         })
+    }
+
+    /// `NBD_CMD_BLOCK_STATUS` (one extent of `base:allocation`) when the connection has
+    /// the context; otherwise, or if the server answers EOPNOTSUPP, the rest of the store
+    /// is reported mapped.
+    fn lba_status(&self, offset: u64) -> Result<LbaStatus, StoreError> {
+        check_range(offset, 1, self.size)?;
+        let rest = self.size - offset;
+        let block = u64::from(self.block_size);
+        // At most u32::MAX bytes per request, in whole blocks (the offset is one already).
+        let len = rest.min(u64::from(u32::MAX) / block * block) as u32;
+        match self.shared.transact(
+            Cmd::BlockStatus,
+            proto::CMD_FLAG_REQ_ONE,
+            offset,
+            len,
+            &[],
+            None,
+        ) {
+            Ok(Some((n, flags))) => Ok(extent_status(n, flags, block, rest)),
+            Ok(None) => Err(StoreError::IO),
+            Err(e) if e == StoreError::UNSUPPORTED => Ok(LbaStatus {
+                mapped: true,
+                len: rest,
+            }),
+            Err(e) => Err(e),
+        }
     }
 }
 

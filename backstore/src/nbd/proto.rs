@@ -3,8 +3,10 @@
 //!
 //! Numbers are big-endian, as the NBD protocol specifies. Only what this client sends or
 //! accepts is here: `NBD_OPT_GO` (with `NBD_INFO_BLOCK_SIZE`), `NBD_OPT_EXPORT_NAME`,
-//! `NBD_OPT_ABORT`, the commands READ/WRITE/DISC/FLUSH/TRIM/WRITE_ZEROES and simple
-//! replies (structured replies are never negotiated, so a server must not send them).
+//! `NBD_OPT_ABORT`, `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_SET_META_CONTEXT`
+//! (`base:allocation`), the commands READ/WRITE/DISC/FLUSH/TRIM/WRITE_ZEROES/BLOCK_STATUS,
+//! simple replies, and the headers and fixed parts of structured reply chunks (the reader
+//! in `mod.rs` reads their payloads piecewise, so no length field sizes an allocation).
 
 use std::fmt;
 
@@ -20,7 +22,7 @@ pub(crate) const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-/// Magic of a structured reply (never negotiated by this client).
+/// Magic of a structured reply chunk (only once `NBD_OPT_STRUCTURED_REPLY` was acknowledged).
 pub(crate) const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag: the server speaks fixed newstyle.
@@ -38,11 +40,17 @@ pub(crate) const OPT_EXPORT_NAME: u32 = 1;
 pub(crate) const OPT_ABORT: u32 = 2;
 /// Option `NBD_OPT_GO`.
 pub(crate) const OPT_GO: u32 = 7;
+/// Option `NBD_OPT_STRUCTURED_REPLY`.
+pub(crate) const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option `NBD_OPT_SET_META_CONTEXT`.
+pub(crate) const OPT_SET_META_CONTEXT: u32 = 10;
 
 /// Option reply `NBD_REP_ACK`.
 pub(crate) const REP_ACK: u32 = 1;
 /// Option reply `NBD_REP_INFO`.
 pub(crate) const REP_INFO: u32 = 3;
+/// Option reply `NBD_REP_META_CONTEXT`: a context id and its name.
+pub(crate) const REP_META_CONTEXT: u32 = 4;
 /// Bit set in every option error reply.
 pub(crate) const REP_FLAG_ERROR: u32 = 1 << 31;
 /// `NBD_REP_ERR_UNSUP`: the server does not know the option.
@@ -68,6 +76,32 @@ pub(crate) const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
 
 /// Command flag: force unit access.
 pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
+/// Command flag of `NBD_CMD_BLOCK_STATUS`: one extent per context is enough.
+pub(crate) const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+/// The metadata context of allocation status.
+pub(crate) const BASE_ALLOCATION: &str = "base:allocation";
+/// `base:allocation` flag: the extent is not allocated (a hole).
+pub(crate) const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` flag: the extent reads as zeroes.
+pub(crate) const STATE_ZERO: u32 = 1 << 1;
+
+/// Structured reply flag: the last chunk of the reply.
+pub(crate) const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Chunk type `NBD_REPLY_TYPE_NONE`: no payload, ends a reply.
+pub(crate) const REPLY_TYPE_NONE: u16 = 0;
+/// Chunk type `NBD_REPLY_TYPE_OFFSET_DATA`: an offset and data for a READ.
+pub(crate) const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Chunk type `NBD_REPLY_TYPE_OFFSET_HOLE`: an offset and a length that read as zeroes.
+pub(crate) const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Chunk type `NBD_REPLY_TYPE_BLOCK_STATUS`: a context id and extent descriptors.
+pub(crate) const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Bit set in every error chunk type (`NBD_REPLY_TYPE_ERROR`, `..._ERROR_OFFSET`, ...).
+pub(crate) const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
+/// Size of the fixed part of an error chunk (error number, message length).
+pub(crate) const ERROR_CHUNK_LEN: usize = 6;
+/// Size of one `NBD_REPLY_TYPE_BLOCK_STATUS` extent descriptor.
+pub(crate) const EXTENT_LEN: usize = 8;
 
 /// The longest option reply payload accepted (servers send short infos and messages).
 pub(crate) const MAX_OPTION_REPLY: u32 = 64 * 1024;
@@ -87,6 +121,8 @@ pub(crate) enum Cmd {
     Trim = 4,
     /// `NBD_CMD_WRITE_ZEROES`.
     WriteZeroes = 6,
+    /// `NBD_CMD_BLOCK_STATUS`.
+    BlockStatus = 7,
 }
 
 /// A transmission request header (28 bytes on the wire).
@@ -106,7 +142,8 @@ pub(crate) struct Request {
 
 /// Size of an encoded [`Request`].
 pub(crate) const REQUEST_LEN: usize = 28;
-/// Size of a simple reply header.
+/// Size of a simple reply header, and of the part of a structured chunk header before its
+/// length field.
 pub(crate) const SIMPLE_REPLY_LEN: usize = 16;
 
 impl Request {
@@ -139,6 +176,14 @@ pub(crate) enum ProtoError {
     BadMagic(u32),
     /// A structured reply although none was negotiated.
     Structured,
+    /// A structured chunk whose type does not fit the request, or is unknown (the type).
+    ChunkType(u16),
+    /// A structured chunk whose length does not fit its type (type, length).
+    ChunkLength(u16, u32),
+    /// An `OFFSET_DATA`/`OFFSET_HOLE` chunk outside the READ's range.
+    ChunkRange,
+    /// `NBD_REPLY_TYPE_NONE` without the DONE flag.
+    NoneNotDone,
 }
 
 impl fmt::Display for ProtoError {
@@ -146,8 +191,57 @@ impl fmt::Display for ProtoError {
         match self {
             ProtoError::BadMagic(m) => write!(f, "reply with bad magic {m:#010x}"),
             ProtoError::Structured => f.write_str("structured reply that was not negotiated"),
+            ProtoError::ChunkType(t) => write!(f, "unexpected structured reply chunk type {t}"),
+            ProtoError::ChunkLength(t, l) => {
+                write!(f, "structured reply chunk of type {t} with bad length {l}")
+            }
+            ProtoError::ChunkRange => f.write_str("read reply chunk outside the request"),
+            ProtoError::NoneNotDone => f.write_str("NBD_REPLY_TYPE_NONE without DONE flag"),
         }
     }
+}
+
+/// The first 16 bytes of a reply: a whole simple reply header, or a structured chunk
+/// header without its length (the 4 bytes that follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyHead {
+    /// A simple reply.
+    Simple(SimpleReply),
+    /// A structured reply chunk.
+    Structured {
+        /// `REPLY_FLAG_*`.
+        flags: u16,
+        /// `REPLY_TYPE_*`.
+        kind: u16,
+        /// The request's cookie.
+        handle: u64,
+    },
+}
+
+impl ReplyHead {
+    /// Parses the first 16 bytes of a reply; a structured chunk is accepted only if
+    /// structured replies were negotiated.
+    pub(crate) fn decode(b: &[u8; SIMPLE_REPLY_LEN], structured: bool) -> Result<Self, ProtoError> {
+        match be32(b, 0) {
+            STRUCTURED_REPLY_MAGIC if structured => Ok(ReplyHead::Structured {
+                flags: be16(b, 4),
+                kind: be16(b, 6),
+                handle: be64(b, 8),
+            }),
+            _ => SimpleReply::decode(b).map(ReplyHead::Simple),
+        }
+    }
+}
+
+/// The fixed part of an error chunk: the NBD error number (0 is not allowed and read as
+/// EIO by [`errno_of`]) and the length of the message that follows.
+pub(crate) fn parse_error_chunk(b: &[u8; ERROR_CHUNK_LEN]) -> (u32, u16) {
+    (be32(b, 0), be16(b, 4))
+}
+
+/// One block status extent descriptor: (length in bytes, `STATE_*` flags).
+pub(crate) fn parse_extent(b: &[u8; EXTENT_LEN]) -> (u32, u32) {
+    (be32(b, 0), be32(b, 4))
 }
 
 impl SimpleReply {
@@ -206,6 +300,25 @@ pub(crate) fn go_data(export: &str) -> Vec<u8> {
     d.extend_from_slice(&1u16.to_be_bytes());
     d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
     d
+}
+
+/// The data of `NBD_OPT_SET_META_CONTEXT` for `export`: one query, `context`.
+pub(crate) fn meta_context_data(export: &str, context: &str) -> Vec<u8> {
+    let (name, q) = (export.as_bytes(), context.as_bytes());
+    let mut d = Vec::with_capacity(12 + name.len() + q.len());
+    d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    d.extend_from_slice(name);
+    d.extend_from_slice(&1u32.to_be_bytes());
+    d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+    d.extend_from_slice(q);
+    d
+}
+
+/// Parses an `NBD_REP_META_CONTEXT` payload: the context id and its name (`None` if the
+/// payload is shorter than the id).
+pub(crate) fn parse_meta_context(d: &[u8]) -> Option<(u32, &[u8])> {
+    let name = d.get(4..)?;
+    Some((be32(d, 0), name))
 }
 
 /// An option reply header (20 bytes).
@@ -430,6 +543,74 @@ mod tests {
             parse_export_name_reply(&[0, 0, 0, 0, 0, 0, 2, 0, 0, 3]),
             (512, 3)
         );
+    }
+
+    #[test]
+    fn structured_reply_heads() {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        b[5] = 1; // DONE
+        b[7] = 5; // BLOCK_STATUS
+        b[15] = 9;
+        assert_eq!(
+            ReplyHead::decode(&b, true),
+            Ok(ReplyHead::Structured {
+                flags: REPLY_FLAG_DONE,
+                kind: REPLY_TYPE_BLOCK_STATUS,
+                handle: 9
+            })
+        );
+        // Not negotiated: refused.
+        assert_eq!(ReplyHead::decode(&b, false), Err(ProtoError::Structured));
+        b[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(
+            ReplyHead::decode(&b, true),
+            Ok(ReplyHead::Simple(SimpleReply {
+                error: 0x0001_0005,
+                handle: 9
+            }))
+        );
+        b[..4].copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(
+            ReplyHead::decode(&b, true),
+            Err(ProtoError::BadMagic(0x0102_0304))
+        );
+        assert_eq!(parse_error_chunk(&[0, 0, 0, 5, 0x01, 0x02]), (5, 0x0102));
+        assert_eq!(
+            parse_extent(&[0, 0, 0x10, 0, 0, 0, 0, 3]),
+            (4096, STATE_HOLE | STATE_ZERO)
+        );
+        assert_eq!(
+            ProtoError::ChunkLength(2, 7).to_string(),
+            "structured reply chunk of type 2 with bad length 7"
+        );
+        assert_eq!(
+            ProtoError::ChunkType(42).to_string(),
+            "unexpected structured reply chunk type 42"
+        );
+    }
+
+    #[test]
+    fn meta_context_messages() {
+        assert_eq!(
+            meta_context_data("exp", BASE_ALLOCATION),
+            [
+                &[0, 0, 0, 3][..],
+                b"exp",
+                &[0, 0, 0, 1, 0, 0, 0, 15],
+                b"base:allocation"
+            ]
+            .concat()
+        );
+        assert_eq!(
+            parse_meta_context(b"\0\0\0\x07base:allocation"),
+            Some((7, b"base:allocation".as_slice()))
+        );
+        assert_eq!(
+            parse_meta_context(&[0, 0, 1, 0]),
+            Some((256, b"".as_slice()))
+        );
+        assert_eq!(parse_meta_context(&[0, 0, 1]), None);
     }
 
     #[test]

@@ -148,3 +148,156 @@ impl Client {
         Err(io::Error::other("TEST UNIT READY never became GOOD"))
     }
 }
+
+/// The largest piece [`Client::write_blocks`] sends in one command: all of it as immediate
+/// data, within the default FirstBurstLength (64 KiB) this client leaves un-negotiated.
+pub const WRITE_PIECE: usize = 64 << 10;
+
+/// The largest piece [`Client::read_blocks`] asks for in one command.
+pub const READ_PIECE: usize = 256 << 10;
+
+/// The sense key, ASC and ASCQ of fixed (0x70/0x71) or descriptor (0x72/0x73) sense data.
+pub fn sense_code(sense: &[u8]) -> Option<(u8, u8, u8)> {
+    match sense.first().map(|b| b & 0x7f) {
+        Some(0x70 | 0x71) if sense.len() >= 14 => Some((sense[2] & 0x0f, sense[12], sense[13])),
+        Some(0x72 | 0x73) if sense.len() >= 4 => Some((sense[1] & 0x0f, sense[2], sense[3])),
+        _ => None,
+    }
+}
+
+/// A command that did not end GOOD, as an `io::Error` naming the LBA, status and sense.
+fn failed(what: &str, lba: u64, status: u8, sense: &[u8]) -> io::Error {
+    io::Error::other(format!(
+        "{what} at LBA {lba}: status {status:#04x}, sense {:02x?}",
+        sense_code(sense)
+    ))
+}
+
+/// READ(16) / WRITE(16) CDB.
+pub fn rw16(opcode: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode;
+    cdb[1] = if fua { 0x08 } else { 0 };
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+impl Client {
+    /// Sets how long a read of the socket may block (10 s after login).
+    pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.sock.set_read_timeout(Some(timeout))
+    }
+
+    /// Writes `data` (whole blocks of `bs` bytes) at `lba` of `lun` with WRITE(16)s of at
+    /// most [`WRITE_PIECE`] bytes, `depth` of them in flight; an error at the first command
+    /// that does not end GOOD (after all sent ones have answered).
+    pub fn write_blocks(
+        &mut self,
+        lun: u64,
+        lba: u64,
+        data: &[u8],
+        bs: u32,
+        fua: bool,
+        depth: usize,
+    ) -> io::Result<()> {
+        assert_eq!(data.len() % bs as usize, 0, "whole blocks");
+        let pieces: Vec<(u64, &[u8])> = data
+            .chunks(WRITE_PIECE)
+            .enumerate()
+            .map(|(i, d)| (lba + (i * WRITE_PIECE / bs as usize) as u64, d))
+            .collect();
+        let mut inflight: Vec<(u32, u64)> = Vec::new();
+        let mut next = 0;
+        let mut first_err = None;
+        while next < pieces.len() || !inflight.is_empty() {
+            while next < pieces.len() && inflight.len() < depth.max(1) && first_err.is_none() {
+                let (at, d) = pieces[next];
+                let cdb = rw16(0x8a, at, (d.len() / bs as usize) as u32, fua);
+                let itt = self.send(&CommandSpec::write(lun, &cdb, d.len() as u32, d))?;
+                inflight.push((itt, at));
+                next += 1;
+            }
+            if inflight.is_empty() {
+                break;
+            }
+            if let Got::Status(itt, st, sense) = self.next()? {
+                if let Some(i) = inflight.iter().position(|&(t, _)| t == itt) {
+                    let (_, at) = inflight.swap_remove(i);
+                    if st != 0 && first_err.is_none() {
+                        first_err = Some(failed("WRITE(16)", at, st, &sense));
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Reads `blocks` blocks of `bs` bytes at `lba` of `lun` with READ(16)s of at most
+    /// [`READ_PIECE`] bytes, `depth` of them in flight.
+    pub fn read_blocks(
+        &mut self,
+        lun: u64,
+        lba: u64,
+        blocks: u64,
+        bs: u32,
+        depth: usize,
+    ) -> io::Result<Vec<u8>> {
+        let total = (blocks * u64::from(bs)) as usize;
+        let mut out = vec![0u8; total];
+        let per = (READ_PIECE / bs as usize) as u64;
+        // (ITT, first LBA, byte offset in `out`, length)
+        let mut inflight: Vec<(u32, u64, usize, usize)> = Vec::new();
+        let mut at = 0u64;
+        let mut first_err = None;
+        while at < blocks || !inflight.is_empty() {
+            while at < blocks && inflight.len() < depth.max(1) && first_err.is_none() {
+                let n = per.min(blocks - at);
+                let len = (n * u64::from(bs)) as usize;
+                let cdb = rw16(0x88, lba + at, n as u32, false);
+                let itt = self.send(&CommandSpec::read(lun, &cdb, len as u32))?;
+                inflight.push((itt, lba + at, (at * u64::from(bs)) as usize, len));
+                at += n;
+            }
+            if inflight.is_empty() {
+                break;
+            }
+            let (itt, status, sense, data) = match self.next()? {
+                Got::Status(itt, st, sense) => (itt, Some(st), sense, None),
+                Got::Data(itt, off, d, st) => (itt, st, Vec::new(), Some((off as usize, d))),
+                Got::Other => continue,
+            };
+            let Some(i) = inflight.iter().position(|&(t, ..)| t == itt) else {
+                continue;
+            };
+            let (_, first, base, len) = inflight[i];
+            if let Some((off, d)) = data {
+                if off + d.len() > len {
+                    return Err(io::Error::other("Data-In past the transfer length"));
+                }
+                out[base + off..base + off + d.len()].copy_from_slice(&d);
+            }
+            if let Some(st) = status {
+                inflight.swap_remove(i);
+                if st != 0 && first_err.is_none() {
+                    first_err = Some(failed("READ(16)", first, st, &sense));
+                }
+            }
+        }
+        first_err.map_or(Ok(out), Err)
+    }
+
+    /// SYNCHRONIZE CACHE (10) of the whole of `lun`; an error unless GOOD.
+    pub fn sync_cache(&mut self, lun: u64) -> io::Result<()> {
+        let (st, sense, _) = self.run(&CommandSpec::read(
+            lun,
+            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            0,
+        ))?;
+        if st == 0 {
+            Ok(())
+        } else {
+            Err(failed("SYNCHRONIZE CACHE", 0, st, &sense))
+        }
+    }
+}

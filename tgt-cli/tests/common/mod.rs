@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod ceph;
 pub mod client;
 
 pub fn free_port() -> u16 {
