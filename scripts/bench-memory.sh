@@ -31,6 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 iqn=iqn.2026-11.org.tgt-rs:memory
+# tgtd's control channel (-C): one of our own, so another tgtd on the machine is no obstacle.
+tgt_ctl=$((1000 + $$ % 60000))
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 wait_port() {
@@ -71,12 +73,12 @@ TOML
 
 start_tgt() { # port
     truncate -s 1G "$work/lun.img"
-    tgtd -f -C 77 --iscsi "portal=127.0.0.1:$1" >"$work/tgtd.log" 2>&1 &
+    tgtd -f -C "$tgt_ctl" --iscsi "portal=127.0.0.1:$1" >"$work/tgtd.log" 2>&1 &
     daemon_pid=$!
     wait_port "$1"
-    tgtadm -C 77 --lld iscsi --mode target --op new --tid 1 --targetname "$iqn"
-    tgtadm -C 77 --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 -b "$work/lun.img"
-    tgtadm -C 77 --lld iscsi --mode target --op bind --tid 1 -I ALL
+    tgtadm -C "$tgt_ctl" --lld iscsi --mode target --op new --tid 1 --targetname "$iqn"
+    tgtadm -C "$tgt_ctl" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 -b "$work/lun.img"
+    tgtadm -C "$tgt_ctl" --lld iscsi --mode target --op bind --tid 1 -I ALL
 }
 
 # measure NAME CASE: prints "NAME CASE rss_kib delta_kib per_session_kib"

@@ -9,7 +9,8 @@
 # ratios against tgt and the ceph-osd's CPU per I/O.
 #
 #   scripts/bench-rbd.sh [--secs 5] [--rounds 2] [--only SUBSTR] [--runtimes mio,threads]
-#                        [--tgt-threads 16,32] [--extra NAME=BINARY:RUNTIME[:VAR=VALUE,...]]
+#                        [--tgt-threads 16,32] [--io-threads 16,32]
+#                        [--extra NAME=BINARY:RUNTIME[:VAR=VALUE,...]]
 #                        [--markdown FILE]
 #
 # Needs: apt-get install -y tgt tgt-rbd libiscsi-bin ceph-mon ceph-osd ceph-common

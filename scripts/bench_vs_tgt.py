@@ -327,6 +327,9 @@ def main_rbd(argv):
                          "this daemon (the variables go to its environment)")
     ap.add_argument("--tgt-threads", default="",
                     help="comma list of tgtd -t values (one tgtd each; default: tgtd's own)")
+    ap.add_argument("--io-threads", default="",
+                    help="comma list of [daemon] io_threads values: one more mio daemon each, "
+                         "named mio-ioN")
     ap.add_argument("--no-rbd-bench", action="store_true")
     ap.add_argument("--note", default="", help="appended to the table's caption")
     ap.add_argument("--only", default="", help="substring filter on workload names")
@@ -351,6 +354,10 @@ def main_rbd(argv):
             env = dict(kv.split("=", 1) for kv in parts[2].split(",")) if len(parts) > 2 else {}
             targets.append(start_ours(parts[0], parts[1], "rbd", work, name,
                                       backing=f"rbd:{spec}:conf={a.conf}", env=env))
+        for n in [x for x in a.io_threads.split(",") if x]:
+            targets.append(start_ours(a.daemon, "mio", "rbd", work, f"mio-io{int(n)}",
+                                      backing=f"rbd:{spec}:conf={a.conf}",
+                                      daemon_extra=f"io_threads = {int(n)}\n"))
         for t in [x for x in a.tgt_threads.split(",") if x] or [None]:
             name = "tgt" if t is None or t == a.tgt_threads.split(",")[0] else f"tgt-t{t}"
             targets.append(start_tgt("rbd", work, name=name, backing=spec,

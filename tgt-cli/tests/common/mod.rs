@@ -198,8 +198,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let status = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows how the daemon ended and the end of its log.
+        if std::thread::panicking() {
+            let log = self.join_log();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n    ");
+            eprintln!(
+                "daemon exit status before kill: {status:?}; its last log lines (newest first):\n    {tail}"
+            );
+        }
     }
 }
 
