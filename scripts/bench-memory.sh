@@ -4,7 +4,7 @@
 # cleared, capacity read, then silent but answering NOP-In pings), and under a 4 KiB random
 # read load (4 sessions x QD16). Each figure is taken from a fresh daemon.
 #
-#   scripts/bench-memory.sh [--rounds N] [--no-tgt]
+#   scripts/bench-memory.sh [--rounds N] [--no-tgt] [--targets ours-mio,ours-threads,tgt]
 #
 # Prints one line per target and case, then a markdown table. Needs tgtd (Debian tgt) for
 # the comparison; builds tgt-cli and iscsi-load in release mode.
@@ -12,11 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=1
 with_tgt=1
+only=
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --no-tgt) with_tgt=0; shift ;;
-    *) echo "usage: $0 [--rounds N] [--no-tgt]" >&2; exit 2 ;;
+    --targets) only=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--no-tgt] [--targets LIST]" >&2; exit 2 ;;
     esac
 done
 command -v tgtd >/dev/null || with_tgt=0
@@ -25,7 +27,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /var/tmp/bench-memory.XXXXXX)
 daemon_pid=
 cleanup() {
-    [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
+    [ -n "$daemon_pid" ] && kill -KILL "$daemon_pid" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -118,7 +120,8 @@ measure() {
         wait "$lp"
         ;;
     esac
-    kill "$daemon_pid"
+    # tgtd does not exit on SIGTERM while it has targets.
+    if [ "$name" = tgt ]; then kill -KILL "$daemon_pid"; else kill "$daemon_pid"; fi
     wait "$daemon_pid" 2>/dev/null || true
     daemon_pid=
     local per=-
@@ -128,6 +131,7 @@ measure() {
 
 targets=(ours-mio ours-threads)
 [ "$with_tgt" = 1 ] && targets+=(tgt)
+[ -n "$only" ] && IFS=, read -r -a targets <<<"$only"
 results=$work/results
 : >"$results"
 for _ in $(seq "$rounds"); do
