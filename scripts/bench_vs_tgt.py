@@ -204,25 +204,40 @@ def main():
                         print(f"{wname} on {t.name} failed:\n{text}", file=sys.stderr)
                         continue
                     samples[t.name].append(r)
-            results[wname] = {
-                n: {k: statistics.median(s[k] for s in v) for k in v[0]} if v else None
-                for n, v in samples.items()
-            }
+            results[wname] = medians(samples)
             print(f"done: {wname}", file=sys.stderr, flush=True)
         lines = table(results, names, a)
-        print("\n".join(lines))
-        if a.markdown:
-            with open(a.markdown, "w") as f:
-                f.write("\n".join(lines) + "\n")
+        print_table(lines, a.markdown)
     finally:
-        for t in targets:
-            t.proc.send_signal(signal.SIGTERM)
-        for t in targets:
-            try:
-                t.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                t.proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(targets, work)
+
+
+def medians(samples):
+    """Per target, the median of each measured value over its rounds (None: no round ran)."""
+    return {
+        n: {k: statistics.median(s[k] for s in v) for k in v[0]} if v else None
+        for n, v in samples.items()
+    }
+
+
+def print_table(lines, markdown):
+    """Prints the table, and writes it to `markdown` too when given."""
+    print("\n".join(lines))
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def stop(targets, work):
+    """SIGTERM every target (SIGKILL after 10 s) and remove the work directory."""
+    for t in targets:
+        t.proc.send_signal(signal.SIGTERM)
+    for t in targets:
+        try:
+            t.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            t.proc.kill()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def table(results, names, a, extra_cols=()):
@@ -387,27 +402,14 @@ def main_rbd(argv):
                         osd_s = (cpu_ticks(a.osd_pid) - o0) / CLK_TCK
                         r["osd_us"] = osd_s * 1e6 / max(r["iops"] * (time.time() - w0), 1)
                     samples[t.name].append(r)
-            results[wname] = {
-                n: {k: statistics.median(s[k] for s in v) for k in v[0]} if v else None
-                for n, v in samples.items()
-            }
+            results[wname] = medians(samples)
             print(f"done: {wname}", file=sys.stderr, flush=True)
         a.store = f"rbd (image {spec}{', ' + a.note if a.note else ''})"
         extra = [("OSD CPU µs/IO", "osd_us", "{:.1f}")] if a.osd_pid else []
         lines = table(results, names, a, extra)
-        print("\n".join(lines))
-        if a.markdown:
-            with open(a.markdown, "w") as f:
-                f.write("\n".join(lines) + "\n")
+        print_table(lines, a.markdown)
     finally:
-        for t in targets:
-            t.proc.send_signal(signal.SIGTERM)
-        for t in targets:
-            try:
-                t.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                t.proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(targets, work)
 
 
 if __name__ == "__main__":
