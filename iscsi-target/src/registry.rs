@@ -462,10 +462,11 @@ impl TargetNode {
     /// reservation state is restored; an unreadable image is logged and ignored.
     pub fn add_lun(&self, backend: LunBackend, cfg: LuConfig) -> Result<(), TargetError> {
         let number = backend.info.number;
-        let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
-        let mut g = lock(&self.scsi);
+        // Built before the locks are taken: the target's I/O goes on meanwhile.
         let mut lu = boxed_lu(cfg);
         lu.set_scsi_name(&self.name);
+        let mut luns = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&self.scsi);
         if let Some((store, name)) = &g.pr_store {
             match store.load(name, number) {
                 Ok(Some(image)) => {
