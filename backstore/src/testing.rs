@@ -6,8 +6,9 @@
 //! operations with a chosen errno (to exercise EIO / ENOSPC paths) and can delay every
 //! operation (to keep requests in flight during shutdown tests).
 
+use std::net::TcpListener;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::engine::Op;
@@ -182,4 +183,30 @@ impl<S: BackingStore> BackingStore for InstrumentedStore<S> {
     }
     // `try_read_cached` keeps the default (`None`): every read goes through `read_at`, so
     // counts and faults see it.
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on, for a test server to bind later.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default): a port the kernel hands out for `bind(0)` is also what it hands the next
+/// outgoing connection as its local port, so a server started a moment later on it could
+/// find it taken. Ports here are only ever taken by an explicit bind, which the check below
+/// sees. Each process starts at its own offset and walks forward, so parallel test
+/// processes seldom probe the same ports.
+pub fn free_port() -> u16 {
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 20_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = LOW + (base + step) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free TCP port on 127.0.0.1")
 }

@@ -2,7 +2,6 @@
 //!
 //! Every test skips with a message when `qemu-nbd` is not installed; CI installs it.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -123,13 +122,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use backstore::testing::free_port;
 
 fn image(dir: &Path) -> PathBuf {
     let p = dir.join("disk.img");
