@@ -15,7 +15,8 @@
 //! normal path). Buffers from [`BufPool`] are always aligned and never bounced.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,8 @@ pub struct FileStore {
     no_dsync: AtomicBool,
     /// Set once `preadv2(RWF_NOWAIT)` was refused: stop trying the inline path.
     no_nowait: AtomicBool,
+    /// Set once `cachestat(2)` was refused (before Linux 6.5): no zero-copy reads.
+    no_cachestat: AtomicBool,
     bounce: BufPool,
 }
 
@@ -148,6 +151,7 @@ impl FileStore {
             block_device,
             no_dsync: AtomicBool::new(false),
             no_nowait: AtomicBool::new(false),
+            no_cachestat: AtomicBool::new(false),
             bounce: BufPool::new(4),
         })
     }
@@ -434,6 +438,39 @@ impl BackingStore for FileStore {
                 mapped: true,
                 len: rest,
             }),
+        }
+    }
+
+    fn can_send_cached(&self, offset: u64, len: u64) -> bool {
+        if len == 0
+            || self.direct
+            || self.no_cachestat.load(Ordering::Relaxed)
+            || check_range(offset, len, self.size).is_err()
+        {
+            return false;
+        }
+        let page = sys::page_size();
+        let pages = (offset + len).div_ceil(page) - offset / page;
+        match sys::cached_pages(self.file.as_fd(), offset, len) {
+            Ok(n) => n >= pages,
+            Err(_) => {
+                // ENOSYS (before 6.5) or a file system that refuses: never ask again.
+                self.no_cachestat.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn send_cached(&self, sock: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        if self.direct {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        if check_range(offset, len as u64, self.size).is_err() {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        match sys::sendfile(sock, self.file.as_fd(), offset, len)? {
+            0 if len > 0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            n => Ok(n),
         }
     }
 

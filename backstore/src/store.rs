@@ -4,6 +4,9 @@
 //! serves a thread-per-connection runtime (which calls these methods directly, blocking)
 //! and any number of engine threads at once.
 
+use std::io;
+use std::os::fd::BorrowedFd;
+
 use crate::error::StoreError;
 
 /// The allocation state of the extent that starts at an offset (GET LBA STATUS).
@@ -136,6 +139,26 @@ pub trait BackingStore: Send + Sync {
         let _ = (buf, offset);
         None
     }
+
+    /// Zero-copy reads: whether `len` bytes at `offset` can go to a socket with
+    /// [`send_cached`](Self::send_cached) right now without waiting for the device (for a
+    /// buffered file: every page of the range is in the page cache, by `cachestat(2)`).
+    /// The default: `false`, the store has no such path.
+    fn can_send_cached(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
+
+    /// Sends up to `len` bytes at `offset` to the stream socket `sock` without copying them
+    /// through user space (`sendfile(2)`: the socket takes references to the page-cache
+    /// pages). Returns the bytes sent: fewer than `len` when the socket's buffer filled,
+    /// `WouldBlock` when it took none, `UnexpectedEof` when the range ends early (the file
+    /// shrank). Meant for ranges [`can_send_cached`](Self::can_send_cached) approved; the
+    /// data is what the store holds when it is sent. The default: `Unsupported`.
+    fn send_cached(&self, sock: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        let _ = (sock, offset, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// `OUT_OF_RANGE` unless `offset..offset+len` lies inside `0..size`.
@@ -226,6 +249,12 @@ impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {
     }
     fn try_read_cached(&self, buf: &mut [u8], offset: u64) -> Option<Result<usize, StoreError>> {
         (**self).try_read_cached(buf, offset)
+    }
+    fn can_send_cached(&self, offset: u64, len: u64) -> bool {
+        (**self).can_send_cached(offset, len)
+    }
+    fn send_cached(&self, sock: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        (**self).send_cached(sock, offset, len)
     }
 }
 

@@ -102,6 +102,78 @@ pub(crate) fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: i32) -> io::Result<
     cvt(ret as libc::c_long).map(|n| n as u64)
 }
 
+/// `cachestat(2)`'s system call number (Linux 6.5; the same on every architecture).
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// `struct cachestat_range`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat`.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// How many pages of `len` bytes at `offset` of `fd` are in the page cache
+/// (`cachestat(2)`); `ENOSYS` before Linux 6.5.
+pub(crate) fn cached_pages(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64> {
+    let range = CachestatRange { off: offset, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads one `cachestat_range` and writes one `cachestat` through the
+    // pointers, which point to live values of exactly those layouts; the fd is borrowed
+    // and open.
+    let ret = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0u32,
+        )
+    };
+    cvt(ret).map(|_| stat.nr_cache)
+}
+
+/// The page size in bytes (`sysconf(_SC_PAGESIZE)`, asked once; 4096 if it fails).
+pub(crate) fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf takes an integer and reads no memory.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
+}
+
+/// `sendfile(out, in, &offset, len)`: up to `len` bytes of `input` at `offset` to `out`
+/// without a copy through user space. Retried on `EINTR`; `WouldBlock` when a
+/// non-blocking `out` takes nothing.
+pub(crate) fn sendfile(
+    out: BorrowedFd<'_>,
+    input: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut pos = off(offset)?;
+    loop {
+        // SAFETY: `pos` is a live off_t the call reads and updates; both fds are borrowed
+        // and open.
+        let ret = unsafe { libc::sendfile(out.as_raw_fd(), input.as_raw_fd(), &mut pos, len) };
+        match cvt(ret as libc::c_long) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => return r.map(|n| n as usize),
+        }
+    }
+}
+
 /// Size in bytes of a block device (`BLKGETSIZE64`).
 pub(crate) fn blk_getsize64(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut size: u64 = 0;

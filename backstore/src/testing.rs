@@ -210,3 +210,17 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free TCP port on 127.0.0.1")
 }
+
+/// `len` deterministic pseudo-random bytes (xorshift64 from `seed`): test data that differs
+/// per seed and per position, so a misplaced or stale block is seen.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

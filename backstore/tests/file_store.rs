@@ -319,6 +319,76 @@ fn page_cache_hits_are_served_inline() {
     );
 }
 
+/// Zero-copy reads: a range the page cache holds whole is approved and goes to a socket
+/// with sendfile byte for byte; a range past the end, an empty one, or one whose pages were
+/// never cached is not approved.
+#[test]
+fn cached_ranges_go_to_a_socket_without_a_copy() {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let dir = disk_dir();
+    let path = dir.path().join("zc.img");
+    let s = create(&path, 64 << 20, 512);
+    let data = pattern(200_000, 7);
+    s.write_at(&data, 4096 + 512, false).unwrap();
+    if !s.can_send_cached(4096 + 512, 200_000) {
+        // cachestat(2) arrived in Linux 6.5; before it the store never approves.
+        eprintln!("skipping: no cachestat on this kernel");
+        return;
+    }
+    assert!(!s.can_send_cached(4096, 0));
+    assert!(!s.can_send_cached((64 << 20) - 512, 1024), "past the end");
+    // Dropped from the page cache: not approved until read again.
+    let fd = s.file().as_fd();
+    // SAFETY: posix_fadvise reads no memory; the fd is borrowed from the open store.
+    let r = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+    s.file().sync_all().unwrap();
+    // SAFETY: as above.
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert!(!s.can_send_cached(32 << 20, 65536), "never read");
+    let mut back = vec![0u8; 200_000];
+    s.read_at(&mut back, 4096 + 512).unwrap();
+    assert!(s.can_send_cached(4096 + 512, 200_000));
+
+    let (mut rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut sent = 0;
+    while sent < data.len() {
+        let n = s
+            .send_cached(tx.as_fd(), 4096 + 512 + sent as u64, data.len() - sent)
+            .unwrap();
+        assert!(n > 0);
+        sent += n;
+    }
+    assert_eq!(
+        s.send_cached(tx.as_fd(), (64 << 20) - 512, 1024)
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    drop(tx);
+    assert_eq!(reader.join().unwrap(), data);
+}
+
 /// O_DIRECT: pool buffers go straight through, unaligned caller memory is bounced, an
 /// unaligned offset or length is rejected as `Invalid`.
 #[test]

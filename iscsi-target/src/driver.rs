@@ -30,7 +30,9 @@ use iscsi_proto::session::{
     ScsiStatus, Task, TaskData, TaskHandle, TaskMgmt, Timestamp, Transmit,
 };
 use iscsi_proto::storage::{Full, Storage};
-use iscsi_proto::wire::{LogoutResponseCode, TaskAttr as WireAttr, TmfFunction, TmfResponse};
+use iscsi_proto::wire::{
+    DataTrailer, LogoutResponseCode, TaskAttr as WireAttr, TmfFunction, TmfResponse,
+};
 use scsi_core::{
     Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag,
 };
@@ -118,6 +120,11 @@ pub const MAX_SEGMENT: usize = 256 * 1024;
 /// Largest data buffer one command may use (bigger transfers are refused by scsi-core's
 /// transfer length limits, which are below this).
 pub const MAX_TASK_BUFFER: usize = 64 << 20;
+
+/// Reads at least this long are sent straight from the page cache when the runtime allows
+/// it ([`DriverConfig::zero_copy_reads`]); shorter ones cost less to copy than the extra
+/// system call.
+pub const ZERO_COPY_MIN: usize = 32 * 1024;
 
 /// Resource limits: what one initiator (or many) may make the target hold. Every limit is
 /// checked before the resource is allocated: a refused connection is closed before a driver
@@ -296,6 +303,15 @@ pub struct DriverConfig {
     pub conn: ConnConfig,
     /// Resource limits.
     pub limits: Limits,
+    /// Whether the runtime sends task data with [`Driver::payload`], which may name a range
+    /// of a backing file instead of bytes: then a READ of at least [`ZERO_COPY_MIN`] bytes
+    /// that the page cache holds whole is not read into a buffer at all, and its Data-In
+    /// goes out with `sendfile(2)` ([`BackingStore::send_cached`]). Only SIMPLE (and
+    /// untagged) tasks without data digests take this path, since the data is what the file
+    /// holds when it is sent. Runtimes that only use [`Driver::task_data`] leave it off.
+    ///
+    /// [`BackingStore::send_cached`]: backstore::BackingStore::send_cached
+    pub zero_copy_reads: bool,
 }
 
 impl DriverConfig {
@@ -325,6 +341,7 @@ impl Default for DriverConfig {
         DriverConfig {
             conn,
             limits: Limits::default(),
+            zero_copy_reads: false,
         }
     }
 }
@@ -595,6 +612,14 @@ struct Slot {
     in_io: bool,
     /// Dropped by task management or a protocol failure: finish silently.
     dead: bool,
+    /// SIMPLE or untagged: no ordering rule ties the task to later ones.
+    simple: bool,
+    /// The Data-In comes from this store at this byte offset, not from `buf`.
+    zero_copy: Option<(Arc<LunBackend>, u64)>,
+    /// The previous task's buffer, kept for its memory: a READ takes it as it is (the read
+    /// overwrites every byte it sends, so nothing is zeroed per command); every other use
+    /// clears it first ([`Slot::grow`]).
+    spare: Vec<u8>,
 }
 
 impl Slot {
@@ -602,7 +627,9 @@ impl Slot {
         self.handle = Some(handle);
         self.itt = 0;
         self.lun = Lun(0);
-        self.buf.clear();
+        if self.buf.capacity() > 0 {
+            self.spare = std::mem::take(&mut self.buf);
+        }
         self.read_len = 0;
         self.write_len = 0;
         self.data_in = 0;
@@ -610,6 +637,50 @@ impl Slot {
         self.out_complete = false;
         self.in_io = false;
         self.dead = false;
+        self.simple = false;
+        self.zero_copy = None;
+    }
+
+    /// Makes `buf` at least `len` bytes; bytes this task has not written read as zero.
+    fn grow(&mut self, len: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf = std::mem::take(&mut self.spare);
+            self.buf.clear();
+        }
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+    }
+
+    /// Makes `buf` at least `end` bytes to take Data-Out (or immediate data) up to `end`.
+    /// The protocol delivers every byte of `[0, write_len)` in order before the buffer is
+    /// used (`out_complete`), so the previous task's buffer is reused without zeroing, cut
+    /// to `write_len`.
+    /// `edtl`: the command's Expected Data Transfer Length when `write_len` is not known yet
+    /// (immediate data arrives before the command is handled).
+    fn grow_for_data_out(&mut self, end: usize, edtl: u32) {
+        let write_len = if self.write_len == 0 {
+            edtl
+        } else {
+            self.write_len
+        };
+        let total = (write_len as usize).max(end);
+        if self.buf.capacity() == 0 && self.spare.len() >= total {
+            self.buf = std::mem::take(&mut self.spare);
+            self.buf.truncate(total);
+        } else {
+            self.grow(end);
+        }
+    }
+
+    /// Makes `buf` at least `len` bytes for a READ, which fills the first `len` bytes (the
+    /// rest is never sent); reuses the previous task's buffer without zeroing it.
+    fn grow_for_read(&mut self, len: usize) {
+        if self.buf.capacity() == 0 && self.spare.len() >= len {
+            self.buf = std::mem::take(&mut self.spare);
+        } else {
+            self.grow(len);
+        }
     }
 }
 
@@ -764,6 +835,8 @@ pub struct Driver {
     logout_req: Arc<AtomicU32>,
     hdr: Vec<u8>,
     limits: Limits,
+    /// [`DriverConfig::zero_copy_reads`].
+    zero_copy_reads: bool,
     /// Data bytes of the login / text request sequence in progress (PDUs with the C bit).
     text_bytes: u32,
 }
@@ -786,6 +859,48 @@ pub enum InputStatus {
     Blocked,
     /// The connection is finished.
     Closed,
+}
+
+/// The data a Data-In carries ([`Driver::payload`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Bytes of the task's buffer.
+    Bytes(&'a [u8]),
+    /// `len` bytes at `offset` of the LUN's store: a READ the page cache held whole, to go
+    /// to the socket with [`BackingStore::send_cached`](backstore::BackingStore::send_cached)
+    /// (no data digest is on). If that fails, the connection must close: the status in the
+    /// header already says GOOD.
+    Store {
+        /// The LUN (its `store`).
+        backend: &'a Arc<LunBackend>,
+        /// Byte offset in the store.
+        offset: u64,
+        /// Bytes to send.
+        len: usize,
+    },
+}
+
+impl Payload<'_> {
+    /// Length of the data.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(b) => b.len(),
+            Payload::Store { len, .. } => *len,
+        }
+    }
+
+    /// Whether there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes that follow the data (padding; a data digest only for [`Payload::Bytes`]).
+    pub fn trailer(&self, d: &TaskData) -> DataTrailer {
+        match self {
+            Payload::Bytes(b) => d.trailer(b),
+            Payload::Store { len, .. } => DataTrailer::with_digest(*len, None),
+        }
+    }
 }
 
 /// A PDU to send: `header` bytes, then optionally task data and its trailer.
@@ -888,6 +1003,7 @@ impl Driver {
             logout_req: Arc::new(AtomicU32::new(0)),
             hdr: vec![0u8; HDR_START],
             limits: cfg.limits,
+            zero_copy_reads: cfg.zero_copy_reads,
             text_bytes: 0,
         }
     }
@@ -910,6 +1026,55 @@ impl Driver {
     /// Feeds received bytes: every whole PDU at the front of `rx` is handled and removed;
     /// a partial PDU stays.
     pub fn handle_input(&mut self, now: Timestamp, rx: &mut Vec<u8>) -> InputStatus {
+        let (consumed, status) = self.handle_bytes(now, rx);
+        rx.drain(..consumed);
+        status
+    }
+
+    /// Handles bytes just read from the socket (`fresh`, e.g. the runtime's shared read
+    /// buffer) after those kept from earlier reads (`pending`, a partial PDU): only as many
+    /// fresh bytes as complete the pending PDU are copied into `pending`; the PDUs after it
+    /// are handled where they are, and what is left of `fresh` (a partial PDU, or input a
+    /// full output queue held back) is kept in `pending`. A header that breaks the limits
+    /// closes the connection as soon as it is whole, before its data is buffered.
+    pub fn handle_read(
+        &mut self,
+        now: Timestamp,
+        pending: &mut Vec<u8>,
+        mut fresh: &[u8],
+    ) -> InputStatus {
+        while !pending.is_empty() {
+            let want = match iscsi_proto::wire::pdu_len(pending, self.conn.digests()) {
+                iscsi_proto::wire::Status::Complete(n) => n,
+                iscsi_proto::wire::Status::Partial => iscsi_proto::wire::BHS_LEN,
+            };
+            let take = want.saturating_sub(pending.len()).min(fresh.len());
+            pending.extend_from_slice(&fresh[..take]);
+            fresh = &fresh[take..];
+            let st = self.handle_input(now, pending);
+            if st != InputStatus::NeedMore {
+                // Blocked or closed: keep the rest for the next call.
+                pending.extend_from_slice(fresh);
+                return st;
+            }
+            if !pending.is_empty() && take == 0 {
+                // No progress this way: handle everything from `pending`.
+                pending.extend_from_slice(fresh);
+                return self.handle_input(now, pending);
+            }
+            if fresh.is_empty() {
+                return st;
+            }
+        }
+        let (used, st) = self.handle_bytes(now, fresh);
+        pending.extend_from_slice(&fresh[used..]);
+        st
+    }
+
+    /// Like [`Driver::handle_input`] on a borrowed buffer: handles every whole PDU at the
+    /// front of `rx` and returns how many bytes it consumed; the caller keeps the rest (a
+    /// partial PDU) for the next call.
+    pub fn handle_bytes(&mut self, now: Timestamp, rx: &[u8]) -> (usize, InputStatus) {
         // A kill (reinstatement, cold reset, admin) also takes effect here, not only on the
         // next wake-up: an initiator that keeps the socket busy must not outrun it.
         self.take_kill();
@@ -942,9 +1107,7 @@ impl Driver {
                     let off = offset as usize;
                     let end = off.saturating_add(data.len());
                     if end <= MAX_TASK_BUFFER && !slot.in_io {
-                        if slot.buf.len() < end {
-                            slot.buf.resize(end, 0);
-                        }
+                        slot.grow_for_data_out(end, immediate_edtl(&rx[start..]));
                         slot.buf[off..end].copy_from_slice(data);
                     }
                     start += consumed;
@@ -972,12 +1135,11 @@ impl Driver {
             }
             self.process(now);
         }
-        rx.drain(..start);
         self.process(now);
         if self.conn.is_closed() {
-            InputStatus::Closed
+            (start, InputStatus::Closed)
         } else {
-            status
+            (start, status)
         }
     }
 
@@ -1061,6 +1223,12 @@ impl Driver {
             .unwrap_or(IoAnswer::Complete(scsi_core::IoResult::Failed));
         let slot = &mut self.slots[job.slot];
         slot.in_io = false;
+        if job.req.op == scsi_core::IoOp::Read
+            && answer != IoAnswer::Complete(scsi_core::IoResult::Ok)
+        {
+            // A failed read sends sense, not the buffer.
+            slot.data_in = 0;
+        }
         slot.buf = std::mem::take(&mut job.buf);
         slot.scratch = std::mem::take(&mut job.scratch);
         let mut g = job.target.scsi();
@@ -1118,12 +1286,32 @@ impl Driver {
         &self.hdr
     }
 
-    /// The bytes of a task's buffer a Data-In carries.
+    /// The bytes of a task's buffer a Data-In carries (empty for a zero-copy read: see
+    /// [`Driver::payload`]).
     pub fn task_data(&self, d: &TaskData) -> &[u8] {
-        let buf = &self.slots[d.task.index()].buf;
+        let slot = &self.slots[d.task.index()];
+        if slot.zero_copy.is_some() {
+            return &[];
+        }
+        let buf = &slot.buf;
         let start = (d.offset as usize).min(buf.len());
         let end = start.saturating_add(d.len as usize).min(buf.len());
         &buf[start..end]
+    }
+
+    /// What a Data-In carries: bytes of the task's buffer, or, for a zero-copy read
+    /// ([`DriverConfig::zero_copy_reads`]), a range of the LUN's store to send with
+    /// [`BackingStore::send_cached`](backstore::BackingStore::send_cached). Either way the
+    /// trailer is [`Payload::trailer`].
+    pub fn payload(&self, d: &TaskData) -> Payload<'_> {
+        match &self.slots[d.task.index()].zero_copy {
+            Some((backend, base)) => Payload::Store {
+                backend,
+                offset: base.saturating_add(u64::from(d.offset)),
+                len: d.len as usize,
+            },
+            None => Payload::Bytes(self.task_data(d)),
+        }
     }
 
     /// Appends every pending PDU to `out` (copying task data): the simple output path.
@@ -1131,9 +1319,28 @@ impl Driver {
         while let Some(o) = self.poll_transmit(now) {
             out.extend_from_slice(&self.hdr[..o.header_len]);
             if let Some(d) = o.data {
-                let data = self.task_data(&d);
-                out.extend_from_slice(data);
-                let trailer = d.trailer(data);
+                let start = out.len();
+                let ok = match self.payload(&d) {
+                    Payload::Bytes(data) => {
+                        out.extend_from_slice(data);
+                        true
+                    }
+                    Payload::Store {
+                        backend,
+                        offset,
+                        len,
+                    } => {
+                        out.resize(start + len, 0);
+                        backend.store.read_at(&mut out[start..], offset).is_ok()
+                    }
+                };
+                if !ok {
+                    // GOOD status is already in the header: the data must not be faked.
+                    log::error!("connection from {}: read for Data-In failed", self.ctx.peer);
+                    self.conn.close();
+                    return;
+                }
+                let trailer = d.trailer(&out[start..]);
                 out.extend_from_slice(trailer.as_bytes());
             }
         }
@@ -1364,6 +1571,7 @@ impl Driver {
         slot.lun = Lun(cmd.lun);
         slot.read_len = cmd.read_len;
         slot.write_len = cmd.write_len;
+        slot.simple = matches!(cmd.attr, WireAttr::Untagged | WireAttr::Simple);
         if cmd.write_len == 0 || cmd.immediate_len >= cmd.write_len {
             slot.out_complete = cmd.write_len == 0 || cmd.immediate_len >= cmd.write_len;
         }
@@ -1500,9 +1708,7 @@ impl Driver {
         let lun = slot.lun;
         self.slots[i].need_out = None;
         let slot = &mut self.slots[i];
-        if slot.buf.len() < need as usize {
-            slot.buf.resize(need as usize, 0);
-        }
+        slot.grow(need as usize);
         let mut g = b.target.scsi();
         let _ = g
             .target()
@@ -1551,9 +1757,7 @@ impl Driver {
                 let Some(b) = &self.bound else { return };
                 let slot = &mut self.slots[i];
                 let need = (len as usize).min(MAX_TASK_BUFFER);
-                if slot.buf.len() < need {
-                    slot.buf.resize(need, 0);
-                }
+                slot.grow(need);
                 let mut g = b.target.scsi();
                 let n = g
                     .target()
@@ -1597,11 +1801,34 @@ impl Driver {
                     g.drain_actions(b.nexus, &mut self.actions);
                     return;
                 }
-                if slot.buf.len() < need {
-                    slot.buf.resize(need, 0);
+                if matches!(req.op, scsi_core::IoOp::Read) {
+                    slot.grow_for_read(need);
+                } else {
+                    slot.grow(need);
                 }
                 if matches!(req.op, scsi_core::IoOp::Read) {
                     slot.data_in = req.transfer_len.min(slot.read_len);
+                    if self.zero_copy_reads
+                        && slot.simple
+                        && slot.data_in as usize >= ZERO_COPY_MIN
+                        && copy_src.is_none()
+                        && !self.conn.digests().data
+                        && backend
+                            .store
+                            .can_send_cached(req.byte_offset(), u64::from(slot.data_in))
+                    {
+                        // Nothing to read now: the Data-In names the file range.
+                        backend.stats.record(IoKind::Read, req.byte_len(), 0, true);
+                        backend
+                            .stats
+                            .zero_copy_reads
+                            .fetch_add(1, Ordering::Relaxed);
+                        slot.zero_copy = Some((backend, req.byte_offset()));
+                        let mut g = b.target.scsi();
+                        let _ = g.target().complete_io(a.lun, task, scsi_core::IoResult::Ok);
+                        g.drain_actions(b.nexus, &mut self.actions);
+                        return;
+                    }
                 }
                 slot.in_io = true;
                 self.jobs.push_back(IoJob {
@@ -1645,6 +1872,17 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The Expected Data Transfer Length of the SCSI Command at the start of `pdu` (whose
+/// immediate data is being delivered); 0 for any other PDU.
+fn immediate_edtl(pdu: &[u8]) -> u32 {
+    match iscsi_proto::wire::Bhs::new_checked(pdu) {
+        Ok(bhs) if bhs.opcode() == iscsi_proto::wire::Opcode::ScsiCommand => {
+            bhs.word(iscsi_proto::wire::Word::W20)
+        }
+        _ => 0,
     }
 }
 

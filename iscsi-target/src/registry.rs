@@ -47,6 +47,11 @@ pub struct LunStats {
     pub write_ops: AtomicU64,
     /// Bytes read.
     pub read_bytes: AtomicU64,
+    /// Reads whose data went from the page cache to the socket with `sendfile` (also
+    /// counted in `read_ops`; see [`DriverConfig::zero_copy_reads`]).
+    ///
+    /// [`DriverConfig::zero_copy_reads`]: crate::driver::DriverConfig::zero_copy_reads
+    pub zero_copy_reads: AtomicU64,
     /// Bytes written.
     pub write_bytes: AtomicU64,
     /// Sum of I/O latencies in microseconds.

@@ -45,8 +45,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use iscsi_proto::session::{TaskData, Timestamp};
-use iscsi_target::driver::{ConnLimiter, ConnPermit, Driver, DriverConfig, InputStatus, IoJob};
-use iscsi_target::registry::Registry;
+use iscsi_target::driver::{
+    ConnLimiter, ConnPermit, Driver, DriverConfig, InputStatus, IoJob, Payload,
+};
+use iscsi_target::registry::{LunBackend, Registry};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -172,12 +174,17 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Listens on `portals` and serves `registry` with `cfg.reactors` reactors.
+    ///
+    /// The reactors send Data-In with [`Driver::payload`], so this runtime turns
+    /// [`DriverConfig::zero_copy_reads`] on: large page-cache reads go from the file to the
+    /// socket with `sendfile(2)`.
     pub fn start(
         registry: Arc<Registry>,
-        driver_cfg: DriverConfig,
+        mut driver_cfg: DriverConfig,
         portals: &[SocketAddr],
         cfg: MioConfig,
     ) -> io::Result<Server> {
+        driver_cfg.zero_copy_reads = true;
         let mut bound = Vec::new();
         for p in portals {
             let l = TcpListener::bind(p)
@@ -219,7 +226,7 @@ impl Server {
                 pool,
                 epoch,
                 stopping: false,
-                read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+                read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))
@@ -387,20 +394,34 @@ fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared) {
 }
 
 /// One PDU of a vectored batch: its header and trailer bytes are ranges of `Conn::hdrs`; its
-/// data stays in the task buffer until the `writev`.
+/// data stays in the task buffer until the `writev` (or in the store, for `sendfile`).
 #[derive(Clone, Copy)]
 struct Piece {
     hdr: (usize, usize),
     data: Option<TaskData>,
+    /// The data is a store range ([`Payload::Store`]): it goes out with `sendfile` after the
+    /// `writev` of the batch, which this piece ends.
+    from_store: bool,
     trailer: (usize, usize),
+}
+
+/// The part of a store range [`Payload::Store`] not yet sent.
+struct StoreOut {
+    backend: Arc<LunBackend>,
+    offset: u64,
+    len: usize,
 }
 
 struct Conn {
     sock: TcpStream,
     driver: Driver,
     rx: Vec<u8>,
+    /// Output queued after a partial write, in order: `out[out_pos..]`, then `out_store`,
+    /// then `out_after` (which is empty while `out_store` is `None`).
     out: Vec<u8>,
     out_pos: usize,
+    out_store: Option<StoreOut>,
+    out_after: Vec<u8>,
     /// Headers and trailers of the batch being written (reused).
     hdrs: Vec<u8>,
     /// The batch being written (reused).
@@ -566,6 +587,8 @@ impl Reactor {
                 rx: Vec::new(),
                 out: Vec::new(),
                 out_pos: 0,
+                out_store: None,
+                out_after: Vec::new(),
                 hdrs: Vec::new(),
                 pieces: Vec::new(),
                 writable_armed: false,
@@ -586,35 +609,31 @@ impl Reactor {
         };
         let chunk = &mut self.read_buf;
         loop {
-            let backlog = c.out.len() - c.out_pos;
+            let backlog = c.backlog();
             // Read what the socket has unless output is backed up.
             let mut read_any = false;
+            let mut st = None;
             if !c.peer_closed && backlog < MAX_PENDING_OUTPUT {
-                let mut total = 0;
-                while total < READ_CHUNK {
+                loop {
                     match c.sock.read(chunk) {
-                        Ok(0) => {
-                            c.peer_closed = true;
-                            break;
-                        }
+                        Ok(0) => c.peer_closed = true,
                         Ok(n) => {
-                            c.rx.extend_from_slice(&chunk[..n]);
-                            total += n;
+                            // PDUs are handled where they landed; only a PDU split between
+                            // reads (or what a full output queue held back) is copied.
                             read_any = true;
+                            st = Some(c.driver.handle_read(now, &mut c.rx, &chunk[..n]));
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => {
-                            c.peer_closed = true;
-                            break;
-                        }
+                        Err(_) => c.peer_closed = true,
                     }
+                    break;
                 }
             }
-            let st = if c.rx.is_empty() {
-                InputStatus::NeedMore
-            } else {
-                c.driver.handle_input(now, &mut c.rx)
+            let st = match st {
+                Some(s) => s,
+                None if c.rx.is_empty() => InputStatus::NeedMore,
+                None => c.driver.handle_input(now, &mut c.rx),
             };
             // I/O: inline when it cannot block (page-cache hits, RAM stores), the pool
             // otherwise.
@@ -626,27 +645,8 @@ impl Reactor {
                 }
             }
             transmit(c, now);
-            // Write what is left over.
-            while c.out_pos < c.out.len() {
-                match c.sock.write(&c.out[c.out_pos..]) {
-                    Ok(0) => {
-                        c.peer_closed = true;
-                        break;
-                    }
-                    Ok(n) => c.out_pos += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        c.peer_closed = true;
-                        break;
-                    }
-                }
-            }
-            if c.out_pos == c.out.len() {
-                c.out.clear();
-                c.out_pos = 0;
-            }
-            let pending = c.out_pos < c.out.len();
+            c.flush();
+            let pending = c.pending();
             if pending != c.writable_armed {
                 let interest = if pending {
                     Interest::READABLE | Interest::WRITABLE
@@ -666,14 +666,14 @@ impl Reactor {
             if st == InputStatus::Blocked && !pending {
                 continue;
             }
-            if !read_any || (c.out.len() - c.out_pos) >= MAX_PENDING_OUTPUT {
+            if !read_any || c.backlog() >= MAX_PENDING_OUTPUT {
                 break;
             }
         }
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        let finished = c.driver.is_closed() && c.out_pos >= c.out.len();
+        let finished = c.driver.is_closed() && !c.pending();
         if (finished || c.peer_closed) && !c.driver.io_in_flight() {
             let Some(mut c) = self.conns.remove(&token) else {
                 return;
@@ -688,15 +688,114 @@ impl Reactor {
     }
 }
 
-/// Sends the driver's pending PDUs. While nothing is queued in `Conn::out`, PDUs go out with
-/// `writev` straight from the header scratch and the task buffers (Data-In is never copied);
-/// on a partial write only the unwritten remainder is copied to `Conn::out`. With output
-/// already queued, PDUs are appended to it to keep their order.
+/// `sendmsg(sock, iov, MSG_MORE)`: like `writev`, but the kernel holds a short tail back
+/// for the bytes sent next.
+fn send_more(sock: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); it then points at
+    // `iov`, whose IoSlices are ABI-compatible with `struct iovec` and outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: `msg` is a valid msghdr describing readable memory (see above); the socket
+    // is borrowed and open.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl Conn {
+    /// Whether output is queued.
+    fn pending(&self) -> bool {
+        self.out_pos < self.out.len() || self.out_store.is_some()
+    }
+
+    /// Bytes of output queued.
+    fn backlog(&self) -> usize {
+        (self.out.len() - self.out_pos)
+            + self.out_store.as_ref().map_or(0, |s| s.len)
+            + self.out_after.len()
+    }
+
+    /// Writes queued output until it is gone or the socket is full; a failed write or send
+    /// closes the connection.
+    fn flush(&mut self) {
+        while !self.peer_closed {
+            if self.out_pos < self.out.len() {
+                match self.sock.write(&self.out[self.out_pos..]) {
+                    Ok(0) => self.peer_closed = true,
+                    Ok(n) => self.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => self.peer_closed = true,
+                }
+                continue;
+            }
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out_store.is_some() {
+                if !self.send_store() {
+                    return;
+                }
+                continue;
+            }
+            if self.out_after.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut self.out, &mut self.out_after);
+        }
+    }
+
+    /// Sends `out_store` until it is all sent (`true`) or the socket is full (`false`). A
+    /// failed send closes the connection: the PDU's header, already sent, says GOOD.
+    fn send_store(&mut self) -> bool {
+        use std::os::fd::AsFd;
+        while let Some(s) = &mut self.out_store {
+            if s.len == 0 {
+                self.out_store = None;
+                break;
+            }
+            match s
+                .backend
+                .store
+                .send_cached(self.sock.as_fd(), s.offset, s.len)
+            {
+                Ok(n) => {
+                    s.offset += n as u64;
+                    s.len -= n.min(s.len);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!(
+                        "connection from {}: sending read data from the store failed: {e}",
+                        self.driver.peer()
+                    );
+                    self.peer_closed = true;
+                    self.out_store = None;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Sends the driver's pending PDUs. While nothing is queued, PDUs go out with `writev`
+/// straight from the header scratch and the task buffers (Data-In is never copied), and a
+/// Data-In whose data is a store range ([`Payload::Store`]: a page-cache READ) ends its
+/// batch and follows it with `sendfile`. On a partial write only the unwritten remainder of
+/// the buffers is copied to `Conn::out` (a store range stays a range, in `out_store`). With
+/// output already queued, PDUs are appended to the queue to keep their order.
 fn transmit(c: &mut Conn, now: Timestamp) {
-    while c.out_pos >= c.out.len() && !c.peer_closed {
+    while !c.pending() && !c.peer_closed {
         c.hdrs.clear();
         c.pieces.clear();
-        while c.pieces.len() < WRITEV_PDUS {
+        let mut ends_in_store = false;
+        while c.pieces.len() < WRITEV_PDUS && !ends_in_store {
             let Some(o) = c.driver.poll_transmit(now) else {
                 break;
             };
@@ -705,29 +804,35 @@ fn transmit(c: &mut Conn, now: Timestamp) {
                 .extend_from_slice(&c.driver.header_buf()[..o.header_len]);
             let h1 = c.hdrs.len();
             if let Some(d) = o.data {
-                let trailer = d.trailer(c.driver.task_data(&d));
-                c.hdrs.extend_from_slice(trailer.as_bytes());
+                let payload = c.driver.payload(&d);
+                ends_in_store = matches!(payload, Payload::Store { .. });
+                c.hdrs.extend_from_slice(payload.trailer(&d).as_bytes());
             }
             c.pieces.push(Piece {
                 hdr: (h0, h1),
                 data: o.data,
+                from_store: ends_in_store,
                 trailer: (h1, c.hdrs.len()),
             });
         }
         if c.pieces.is_empty() {
             break;
         }
-        let full = c.pieces.len() == WRITEV_PDUS;
+        let full = c.pieces.len() == WRITEV_PDUS || ends_in_store;
         let mut iov = [IoSlice::new(&[]); 3 * WRITEV_PDUS];
         let mut n_iov = 0;
         let mut total = 0;
         for p in &c.pieces {
-            let data = p.data.map(|d| c.driver.task_data(&d)).unwrap_or(&[]);
-            for part in [
-                &c.hdrs[p.hdr.0..p.hdr.1],
-                data,
-                &c.hdrs[p.trailer.0..p.trailer.1],
-            ] {
+            let (data, trailer) = if p.from_store {
+                // Data and trailer follow the writev.
+                (&[][..], &[][..])
+            } else {
+                (
+                    p.data.map(|d| c.driver.task_data(&d)).unwrap_or(&[]),
+                    &c.hdrs[p.trailer.0..p.trailer.1],
+                )
+            };
+            for part in [&c.hdrs[p.hdr.0..p.hdr.1], data, trailer] {
                 if !part.is_empty() {
                     iov[n_iov] = IoSlice::new(part);
                     n_iov += 1;
@@ -737,13 +842,15 @@ fn transmit(c: &mut Conn, now: Timestamp) {
         }
         let mut written = 0;
         while written < total {
-            let r = if written == 0 {
-                c.sock.write_vectored(&iov[..n_iov])
+            // `advance_slices` rewrites the slices: work on a copy, `iov` stays whole.
+            let mut tmp = iov;
+            let mut rest = &mut tmp[..n_iov];
+            IoSlice::advance_slices(&mut rest, written);
+            let r = if ends_in_store {
+                // The data follows at once: let the header wait for it (one segment, one
+                // wake-up of the initiator, despite TCP_NODELAY).
+                send_more(&c.sock, rest)
             } else {
-                // `advance_slices` rewrites the slices: work on a copy, `iov` stays whole.
-                let mut tmp = iov;
-                let mut rest = &mut tmp[..n_iov];
-                IoSlice::advance_slices(&mut rest, written);
                 c.sock.write_vectored(rest)
             };
             match r {
@@ -760,7 +867,10 @@ fn transmit(c: &mut Conn, now: Timestamp) {
                 }
             }
         }
-        if written < total && !c.peer_closed {
+        if c.peer_closed {
+            break;
+        }
+        if written < total {
             // Keep only the unwritten remainder (task buffers may be reused after this).
             let mut skip = written;
             for part in &iov[..n_iov] {
@@ -771,15 +881,42 @@ fn transmit(c: &mut Conn, now: Timestamp) {
                 c.out.extend_from_slice(&part[skip..]);
                 skip = 0;
             }
-            break;
         }
-        if !full {
+        if ends_in_store {
+            let last = c.pieces[c.pieces.len() - 1];
+            if let Some(d) = last.data {
+                if let Payload::Store {
+                    backend,
+                    offset,
+                    len,
+                } = c.driver.payload(&d)
+                {
+                    c.out_store = Some(StoreOut {
+                        backend: backend.clone(),
+                        offset,
+                        len,
+                    });
+                    c.out_after
+                        .extend_from_slice(&c.hdrs[last.trailer.0..last.trailer.1]);
+                }
+            }
+            if written == total && c.send_store() {
+                // Sent whole: the trailer (padding, if any) goes next.
+                std::mem::swap(&mut c.out, &mut c.out_after);
+            }
+        }
+        if c.pending() || !full {
             break;
         }
     }
     // Anything still pending (output backed up), then let the driver act on what it sent
-    // (e.g. close after a Logout Response).
-    c.driver.transmit_into(now, &mut c.out);
+    // (e.g. close after a Logout Response). Behind a store range it queues after it.
+    let tail = if c.out_store.is_some() {
+        &mut c.out_after
+    } else {
+        &mut c.out
+    };
+    c.driver.transmit_into(now, tail);
 }
 
 #[cfg(test)]

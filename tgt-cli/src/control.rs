@@ -411,6 +411,9 @@ pub struct LunStatsView {
     pub write_ops: u64,
     /// Bytes read.
     pub read_bytes: u64,
+    /// Reads sent from the page cache without a copy (`sendfile`), also in `read_ops`.
+    #[serde(default)]
+    pub zero_copy_reads: u64,
     /// Bytes written.
     pub write_bytes: u64,
     /// Failed requests.
@@ -1226,6 +1229,7 @@ impl<'a> Control<'a> {
                 read_ops: 0,
                 write_ops: 0,
                 read_bytes: 0,
+                zero_copy_reads: 0,
                 write_bytes: 0,
                 errors: 0,
                 latency_avg_us: 0,
@@ -1237,6 +1241,7 @@ impl<'a> Control<'a> {
                 total.read_ops = total.read_ops.saturating_add(l.read_ops);
                 total.write_ops = total.write_ops.saturating_add(l.write_ops);
                 total.read_bytes = total.read_bytes.saturating_add(l.read_bytes);
+                total.zero_copy_reads = total.zero_copy_reads.saturating_add(l.zero_copy_reads);
                 total.write_bytes = total.write_bytes.saturating_add(l.write_bytes);
                 total.errors = total.errors.saturating_add(l.errors);
                 total.latency_p99_us = total.latency_p99_us.max(l.latency_p99_us);
@@ -1305,6 +1310,7 @@ fn lun_stats(lun: u64, s: &LunStats) -> LunStatsView {
         read_ops: s.read_ops.load(Ordering::Relaxed),
         write_ops: s.write_ops.load(Ordering::Relaxed),
         read_bytes: s.read_bytes.load(Ordering::Relaxed),
+        zero_copy_reads: s.zero_copy_reads.load(Ordering::Relaxed),
         write_bytes: s.write_bytes.load(Ordering::Relaxed),
         errors: s.errors.load(Ordering::Relaxed),
         latency_avg_us: lat.checked_div(commands).unwrap_or(0),

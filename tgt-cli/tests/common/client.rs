@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use iscsi_proto::session::initiator::{CommandSpec, Initiator, write_text};
+use iscsi_proto::session::initiator::{CommandSpec, Initiator, find_key, write_text};
 use iscsi_proto::wire::{DataInFlags, Digests, Pdu, Stage, Status, pdu_len};
 
 /// One logged-in session (one connection).
@@ -15,6 +15,8 @@ pub struct Client {
     sock: TcpStream,
     ini: Initiator,
     rx: Vec<u8>,
+    /// Digests in force after login.
+    digests: Digests,
 }
 
 /// A PDU from the target, reduced to what the tests look at.
@@ -30,25 +32,37 @@ pub enum Got {
 impl Client {
     /// Logs in to `target` on 127.0.0.1:`port` as `initiator` with ISID tail `isid_tail`.
     pub fn login(port: u16, target: &str, initiator: &str, isid_tail: u8) -> io::Result<Client> {
+        Client::login_with(port, target, initiator, isid_tail, &[])
+    }
+
+    /// [`Client::login`] offering `keys` as well (e.g. `MaxRecvDataSegmentLength`, or
+    /// `HeaderDigest` / `DataDigest` = `CRC32C`, which the client then checks on every PDU).
+    pub fn login_with(
+        port: u16,
+        target: &str,
+        initiator: &str,
+        isid_tail: u8,
+        keys: &[(&str, &str)],
+    ) -> io::Result<Client> {
         let sock = TcpStream::connect(("127.0.0.1", port))?;
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut c = Client {
             sock,
             ini: Initiator::new([0x80, 0, 0xc0, 0xde, 0, isid_tail], 1),
             rx: Vec::new(),
+            digests: Digests::NONE,
         };
-        let mut text = [0u8; 512];
-        let n = write_text(
-            &mut text,
-            &[
-                ("InitiatorName", initiator),
-                ("TargetName", target),
-                ("SessionType", "Normal"),
-                ("ImmediateData", "Yes"),
-                ("InitialR2T", "Yes"),
-            ],
-        )
-        .ok_or_else(|| io::Error::other("login text too long"))?;
+        let mut text = [0u8; 1024];
+        let mut all = vec![
+            ("InitiatorName", initiator),
+            ("TargetName", target),
+            ("SessionType", "Normal"),
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "Yes"),
+        ];
+        all.extend_from_slice(keys);
+        let n =
+            write_text(&mut text, &all).ok_or_else(|| io::Error::other("login text too long"))?;
         let mut pdu = vec![0u8; 1024];
         let len = c
             .ini
@@ -61,11 +75,15 @@ impl Client {
             .map_err(io::Error::other)?;
         c.sock.write_all(&pdu[..len])?;
         let buf = c.next_pdu()?;
-        match c.ini.receive(&buf) {
-            Ok((Pdu::LoginResponse(r), _)) if r.status.class == 0 => {}
+        let digests = match c.ini.receive(&buf) {
+            Ok((Pdu::LoginResponse(r), _)) if r.status.class == 0 => Digests {
+                header: find_key(r.data, "HeaderDigest") == Some("CRC32C"),
+                data: find_key(r.data, "DataDigest") == Some("CRC32C"),
+            },
             _ => return Err(io::Error::other("login failed")),
-        }
-        c.ini.set_digests(Digests::NONE);
+        };
+        c.ini.set_digests(digests);
+        c.digests = digests;
         Ok(c)
     }
 
@@ -80,7 +98,7 @@ impl Client {
     /// The next whole PDU, as bytes.
     pub fn next_pdu(&mut self) -> io::Result<Vec<u8>> {
         loop {
-            if let Status::Complete(n) = pdu_len(&self.rx, Digests::NONE) {
+            if let Status::Complete(n) = pdu_len(&self.rx, self.digests) {
                 if self.rx.len() >= n {
                     return Ok(self.rx.drain(..n).collect());
                 }
