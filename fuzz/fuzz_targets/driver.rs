@@ -131,9 +131,14 @@ impl Harness {
         if self.closed {
             return;
         }
-        self.rx.extend_from_slice(bytes);
+        // As the mio runtime does: the fresh bytes go through `handle_read` (which copies
+        // only a PDU split between reads into `rx`), then `rx` while output is blocked.
+        let mut fresh = Some(bytes);
         for _ in 0..10_000 {
-            let st = self.drv.handle_input(self.now, &mut self.rx);
+            let st = match fresh.take() {
+                Some(b) => self.drv.handle_read(self.now, &mut self.rx, b),
+                None => self.drv.handle_input(self.now, &mut self.rx),
+            };
             self.pump();
             match st {
                 InputStatus::Blocked => continue,
