@@ -187,6 +187,13 @@ pub struct LogicalUnit<const TASKS: usize, const NEXUS: usize> {
     /// becomes pending or is freed (which may unblock queued ones), cleared when a poll
     /// finds nothing. Saves scanning the task table of an idle LU on every poll.
     ready_hint: bool,
+    /// Whether a task may be in `Phase::Pending`: set when one becomes pending, cleared
+    /// when a scan finds none. Spares [`Self::poll_action_lun`] the scan for pending tasks
+    /// when only queued ones changed (and the reverse with `maybe_queued`).
+    maybe_pending: bool,
+    /// Whether a task may be in `Phase::Queued`: set when one is queued, cleared when a
+    /// scan finds none (a queued task held back by an older one keeps it set).
+    maybe_queued: bool,
     /// One past the highest occupied task slot: scans of the task table stop there (tasks
     /// take the lowest free slot, so this stays near the queue depth).
     hi: usize,
@@ -224,6 +231,8 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             copy_next: 0,
             cold_reset_by: None,
             ready_hint: false,
+            maybe_pending: false,
+            maybe_queued: false,
             hi: 0,
             sanitize: sanitize::SanitizeState {
                 running: None,
@@ -498,6 +507,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             None
         };
         self.ready_hint = true;
+        self.maybe_queued = true;
         self.hi = self.hi.max(slot + 1);
         self.tasks[slot] = Some(Task {
             id,
@@ -535,9 +545,12 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             return None;
         }
         loop {
-            if let Some(i) = self.oldest(|t| t.phase == Phase::Pending) {
-                let lun = self.tasks[i].as_ref().map_or(crate::lun::Lun(0), |t| t.lun);
-                return Some((lun, self.hand_out(i)));
+            if self.maybe_pending {
+                if let Some(i) = self.oldest(|t| t.phase == Phase::Pending) {
+                    let lun = self.tasks[i].as_ref().map_or(crate::lun::Lun(0), |t| t.lun);
+                    return Some((lun, self.hand_out(i)));
+                }
+                self.maybe_pending = false;
             }
             let Some(i) = self.next_startable() else {
                 // Nothing pending or startable until a task is queued, pends or ends.
@@ -568,7 +581,10 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
         best.map(|b| b.0)
     }
 
-    fn next_startable(&self) -> Option<usize> {
+    fn next_startable(&mut self) -> Option<usize> {
+        if !self.maybe_queued {
+            return None;
+        }
         // One pass for the ordering facts every candidate needs.
         let mut oldest = u64::MAX;
         let mut oldest_ordered = u64::MAX;
@@ -581,6 +597,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             any_queued |= t.phase == Phase::Queued;
         }
         if !any_queued {
+            self.maybe_queued = false;
             return None;
         }
         let mut best: Option<(usize, bool, u64)> = None;
@@ -676,6 +693,7 @@ impl<const TASKS: usize, const NEXUS: usize> LogicalUnit<TASKS, NEXUS> {
             t.pend = p;
             t.phase = Phase::Pending;
             self.ready_hint = true;
+            self.maybe_pending = true;
         }
     }
 

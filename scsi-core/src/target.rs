@@ -66,10 +66,14 @@ pub struct Target<
     /// cleared when its poll finds nothing), and the same for the "not present" LU.
     maybe: [bool; LUNS],
     maybe_absent: bool,
+    /// The slots whose `maybe` is set, in round-robin order (a ring: `ready_head`,
+    /// `ready_len`): a poll visits only LUs that may have work, not every slot.
+    ready: [u16; LUNS],
+    ready_head: usize,
+    ready_len: usize,
     inventory: [u16; LUNS],
     inv_len: usize,
     absent: L,
-    next: usize,
 }
 
 impl<const LUNS: usize, const TASKS: usize, const NEXUS: usize, L> Default
@@ -93,6 +97,9 @@ where
             numbers: [None; LUNS],
             maybe: [false; LUNS],
             maybe_absent: false,
+            ready: [0; LUNS],
+            ready_head: 0,
+            ready_len: 0,
             inventory: [0; LUNS],
             inv_len: 0,
             absent: {
@@ -100,7 +107,6 @@ where
                 a.set_report_luns(0, true);
                 L::from(a)
             },
-            next: 0,
         }
     }
 
@@ -186,8 +192,22 @@ where
 
     /// Every LU may have work now (after a call that reached all of them).
     fn mark_all(&mut self) {
-        self.maybe = [true; LUNS];
         self.maybe_absent = true;
+        for i in 0..LUNS {
+            self.mark(i);
+        }
+    }
+
+    /// LU slot `i` may have an action: queue it for [`Self::poll_action`] unless it is
+    /// queued already.
+    fn mark(&mut self, i: usize) {
+        if self.maybe[i] || LUNS == 0 {
+            return;
+        }
+        self.maybe[i] = true;
+        let tail = (self.ready_head + self.ready_len) % LUNS;
+        self.ready[tail] = i as u16;
+        self.ready_len += 1;
     }
 
     /// The LU with this number.
@@ -199,14 +219,14 @@ where
     /// The LU with this number, mutably (capacity changes, raising unit attentions).
     pub fn lu_mut(&mut self, number: u16) -> Option<&mut LogicalUnit<TASKS, NEXUS>> {
         let i = self.index(number)?;
-        self.maybe[i] = true;
+        self.mark(i);
         self.luns[i].as_mut().map(|(_, l)| l.borrow_mut())
     }
 
     fn route(&mut self, lun: Lun) -> &mut LogicalUnit<TASKS, NEXUS> {
         match lun.number().and_then(|n| self.index(n)) {
             Some(i) => {
-                self.maybe[i] = true;
+                self.mark(i);
                 match &mut self.luns[i] {
                     Some((_, l)) => l.borrow_mut(),
                     None => self.absent.borrow_mut(),
@@ -279,37 +299,27 @@ where
             .submit_lun(lun, nexus, tag, cdb, dir, expected_len, attr)
     }
 
-    /// The next action of any LU (round robin over LUs), or `None`.
+    /// The next action of any LU (round robin over the LUs that may have work, the "not
+    /// present" LU first), or `None`.
     pub fn poll_action(&mut self) -> Option<TargetAction> {
-        let n = LUNS + 1;
-        for k in 0..n {
-            let idx = (self.next + k) % n;
-            let maybe = if idx == LUNS {
-                &mut self.maybe_absent
-            } else {
-                &mut self.maybe[idx]
-            };
-            if !*maybe {
-                continue;
+        if self.maybe_absent {
+            match self.absent.borrow_mut().poll_action_lun() {
+                Some((lun, action)) => return Some(TargetAction { lun, action }),
+                None => self.maybe_absent = false,
             }
-            let lu = if idx == LUNS {
-                self.absent.borrow_mut()
-            } else {
-                match &mut self.luns[idx] {
-                    Some((_, l)) => l.borrow_mut(),
-                    None => {
-                        self.maybe[idx] = false;
-                        continue;
-                    }
-                }
+        }
+        while self.ready_len > 0 {
+            let i = usize::from(self.ready[self.ready_head]);
+            self.ready_head = (self.ready_head + 1) % LUNS;
+            self.ready_len -= 1;
+            self.maybe[i] = false;
+            let Some((_, l)) = &mut self.luns[i] else {
+                continue;
             };
-            match lu.poll_action_lun() {
-                Some((lun, action)) => {
-                    self.next = (idx + 1) % n;
-                    return Some(TargetAction { lun, action });
-                }
-                None if idx == LUNS => self.maybe_absent = false,
-                None => self.maybe[idx] = false,
+            if let Some((lun, action)) = l.borrow_mut().poll_action_lun() {
+                // It may have more: back of the queue, after the others.
+                self.mark(i);
+                return Some(TargetAction { lun, action });
             }
         }
         None

@@ -1207,6 +1207,50 @@ fn target_run(t: &mut T, lun: Lun, cdb: &[u8], expected: u32) -> (Action, Vec<u8
     }
 }
 
+/// Actions of several LUs come out round robin (an LU with more work goes to the back of
+/// the queue), an absent LUN is answered too, and once everything is drained a poll finds
+/// nothing until a new command arrives.
+#[test]
+fn target_polls_lus_round_robin() {
+    let mut t = T::new();
+    for n in [0u16, 1, 2] {
+        t.add_lun(n, LogicalUnit::new(LuConfig::new(10))).unwrap();
+    }
+    while t.poll_action().is_some() {}
+    let tur = [0u8; 6];
+    // Two TEST UNIT READYs on LUN 0, one on LUN 2, one on an absent LUN 7.
+    for (lun, tag) in [(0u16, 1u32), (0, 2), (2, 3), (7, 4)] {
+        t.submit(
+            Lun::from_number(lun),
+            NexusId(1),
+            TaskTag(tag),
+            &tur,
+            DataDirection::None,
+            0,
+            TaskAttr::Simple,
+        )
+        .unwrap();
+    }
+    let mut order = Vec::new();
+    while let Some(a) = t.poll_action() {
+        let Action::Complete { task, .. } = a.action else {
+            panic!("unexpected {a:?}");
+        };
+        order.push((a.lun.number().unwrap(), task.tag.0));
+    }
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert!(order.contains(&(7, 4)), "{order:?}");
+    let lu0: Vec<u32> = order.iter().filter(|o| o.0 == 0).map(|o| o.1).collect();
+    assert_eq!(lu0, vec![1, 2], "one LU's tasks in their order");
+    // LUN 2 is served between LUN 0's two tasks, not after both.
+    let at = |x: (u16, u32)| order.iter().position(|o| *o == x).unwrap();
+    assert!(
+        at((0, 1)) < at((2, 3)) && at((2, 3)) < at((0, 2)),
+        "{order:?}"
+    );
+    assert!(t.poll_action().is_none());
+}
+
 #[test]
 fn target_report_luns_and_absent_lun() {
     let mut t = T::new();
