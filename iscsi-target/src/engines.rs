@@ -18,8 +18,11 @@
 //!    [`Driver::io_done`](crate::driver::Driver::io_done);
 //! 3. now and then (every loop iteration is fine: it costs a few loads):
 //!    [`EngineSet::retire`] drops the engines of LUNs that were removed and have nothing in
-//!    flight (which closes, for RBD, the image). While [`EngineSet::is_empty`] is false the
-//!    loop should not sleep much longer than [`RETIRE_INTERVAL`];
+//!    flight (which closes, for RBD, the image), [`RETIRE_INTERVAL`] after it first finds
+//!    them so: librbd's threads finish their own work on a completion after our callback
+//!    returns, and the image and cluster handles must outlive that. While
+//!    [`EngineSet::is_empty`] is false the loop should not sleep much longer than
+//!    [`RETIRE_INTERVAL`];
 //! 4. at exit: [`EngineSet::shutdown`] (waits for the requests in the engines, drops the
 //!    jobs).
 //!
@@ -51,7 +54,8 @@ use crate::driver::IoJob;
 use crate::exec::{IoAnswer, io_result, transfer_result};
 use crate::registry::LunBackend;
 
-/// How often a loop with engines should call [`EngineSet::retire`] at least.
+/// How often a loop with engines should call [`EngineSet::retire`] at least, and how long
+/// an engine whose LUN is gone is kept before it is dropped.
 pub const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Names one engine of an [`EngineSet`] (the key its eventfd is registered under).
@@ -64,6 +68,8 @@ struct Entry {
     /// `None` when building or registering it failed: that LUN's jobs run blocking.
     engine: Option<Box<dyn Engine>>,
     fd: Option<RawFd>,
+    /// When [`EngineSet::retire`] first found the LUN gone.
+    orphaned: Option<Instant>,
 }
 
 /// Where a job is in its requests.
@@ -254,6 +260,7 @@ impl<K> EngineSet<K> {
             backend: Arc::downgrade(backend),
             engine,
             fd,
+            orphaned: None,
         });
         self.by_backend.insert(key, id);
         ok.then_some(id)
@@ -387,12 +394,16 @@ impl<K> EngineSet<K> {
         }
     }
 
-    /// Drops the engines of LUNs that are gone (removed, and no job holds them), after
-    /// passing each one's eventfd to `deregister`.
-    pub fn retire(&mut self, deregister: &mut dyn FnMut(EngineId, RawFd)) {
+    /// Drops the engines of LUNs that are gone (removed, and no job holds them) since
+    /// [`RETIRE_INTERVAL`] before `now`, after passing each one's eventfd to `deregister`.
+    pub fn retire(&mut self, now: Instant, deregister: &mut dyn FnMut(EngineId, RawFd)) {
         for (id, slot) in self.engines.iter_mut().enumerate() {
             let Some(entry) = slot else { continue };
             if entry.backend.strong_count() > 0 {
+                continue;
+            }
+            let since = *entry.orphaned.get_or_insert(now);
+            if now.saturating_duration_since(since) < RETIRE_INTERVAL {
                 continue;
             }
             if let Some(fd) = entry.fd {
@@ -434,7 +445,7 @@ mod tests {
 
     use backstore::testing::{Gate, GatedEngine, InstrumentedStore};
     use backstore::{BackingStore, MemoryStore, Op, StoreError};
-    use scsi_core::{IoRequest, NexusId, SanitizeKind, TaskId, TaskTag, VerifyMode};
+    use scsi_core::{IoRequest, SanitizeKind, VerifyMode};
 
     use super::*;
     use crate::exec::execute;
@@ -862,12 +873,19 @@ mod tests {
         drop(backend);
         // A's jobs still hold its backend: not retired yet.
         let mut gone = Vec::new();
-        set.retire(&mut |id, fd| gone.push((id, fd)));
+        let t0 = Instant::now();
+        set.retire(t0, &mut |id, fd| gone.push((id, fd)));
         assert!(gone.is_empty());
         engines.lock().unwrap()[0].release();
         assert_eq!(reap_all(&mut set, fds.0[0].0).len(), 2);
-        set.retire(&mut |id, fd| gone.push((id, fd)));
+        // Gone now: kept for RETIRE_INTERVAL, then dropped.
+        set.retire(t0, &mut |id, fd| gone.push((id, fd)));
+        set.retire(t0 + RETIRE_INTERVAL / 2, &mut |id, fd| gone.push((id, fd)));
+        assert!(gone.is_empty());
+        assert!(!engines.lock().unwrap()[0].is_stopped());
+        set.retire(t0 + RETIRE_INTERVAL, &mut |id, fd| gone.push((id, fd)));
         assert_eq!(gone, [fds.0[0]], "A retired, B kept");
+        assert!(engines.lock().unwrap()[0].is_stopped());
         assert_eq!(set.len(), 1);
         // Shutdown: B's request in flight is run by the engine's shutdown, its job dropped.
         set.shutdown(&mut |id, fd| gone.push((id, fd)));

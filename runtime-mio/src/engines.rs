@@ -5,7 +5,7 @@
 //! their results mean, is decided in `iscsi-target`.
 
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iscsi_target::driver::IoJob;
 use iscsi_target::engines::{EngineId, EngineSet, RETIRE_INTERVAL};
@@ -52,7 +52,8 @@ impl Engines {
 
     /// Drops the engines of removed LUNs.
     pub(crate) fn retire(&mut self, registry: &Registry) {
-        self.set.retire(&mut |_, fd| deregister(registry, fd));
+        self.set
+            .retire(Instant::now(), &mut |_, fd| deregister(registry, fd));
     }
 
     /// How long the reactor may sleep at most for [`Engines::retire`] to run in time.
