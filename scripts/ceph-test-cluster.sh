@@ -69,6 +69,18 @@ pick_ports() {
     die "no free port pair found"
 }
 
+# Whether PID is still one of the processes of the cluster in DIR: its command line names
+# DIR (the daemons' `-c DIR/ceph.conf`, the watcher's arguments). A process that exited
+# (an OSD a test killed, a daemon that stopped on TERM) may have left its PID to an
+# unrelated process by now (PIDs wrap quickly on a busy machine): never signal that one.
+ours() {
+    local pid=$1 dir=$2 cmd
+    # Never signal ourselves (the watcher execs this stop).
+    [ -n "$pid" ] && [ "$pid" != $$ ] || return 1
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
+    [[ $cmd == *"$dir"* ]]
+}
+
 stop_cluster() {
     local dir=$1
     [ -d "$dir" ] || return 0
@@ -76,24 +88,20 @@ stop_cluster() {
         local pid
         # Watcher first (it would otherwise run stop itself), then the daemons.
         while read -r _name pid; do
-            # Never signal ourselves (the watcher execs this stop).
-            [ -n "$pid" ] && [ "$pid" != $$ ] || continue
-            kill -TERM "$pid" 2>/dev/null || true
+            if ours "$pid" "$dir"; then kill -TERM "$pid" 2>/dev/null || true; fi
         done <"$dir/pids"
         # Wait up to 3 s (a memstore OSD has nothing worth a clean stop), then KILL.
         local i
         for i in $(seq 1 15); do
             local alive=0
             while read -r _name pid; do
-                [ -n "$pid" ] && [ "$pid" != $$ ] || continue
-                if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+                if ours "$pid" "$dir"; then alive=1; fi
             done <"$dir/pids"
             [ $alive -eq 1 ] || break
             sleep 0.2
         done
         while read -r _name pid; do
-            [ -n "$pid" ] && [ "$pid" != $$ ] || continue
-            kill -KILL "$pid" 2>/dev/null || true
+            if ours "$pid" "$dir"; then kill -KILL "$pid" 2>/dev/null || true; fi
         done <"$dir/pids"
     fi
     rm -rf "$dir"

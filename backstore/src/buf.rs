@@ -11,6 +11,10 @@
 //! Newly allocated memory is zeroed; a recycled buffer keeps whatever its last user left in
 //! it, so callers must fill what they send (every store read fills the whole length).
 //!
+//! [`IoBuf::from_vec`] wraps a caller's `Vec<u8>` without copying it (no alignment is
+//! promised then) and [`IoBuf::into_vec`] gives it back: a runtime whose task buffers are
+//! vectors hands them to an engine and gets them back in the completion.
+//!
 //! This module holds the crate's only `unsafe` outside [`crate::sys`]: the aligned
 //! allocation itself.
 
@@ -99,6 +103,9 @@ impl Drop for Chunk {
 /// completions carry it back out, so the runtime owns it between requests.
 pub struct IoBuf {
     chunk: Chunk,
+    /// Set by [`IoBuf::from_vec`]: the bytes live here instead (`chunk` is empty), and
+    /// the vector's length is the capacity.
+    vec: Option<Vec<u8>>,
     len: usize,
     pool: Option<Arc<PoolInner>>,
 }
@@ -108,6 +115,7 @@ impl IoBuf {
     pub fn empty() -> Self {
         Self {
             chunk: Chunk::empty(),
+            vec: None,
             len: 0,
             pool: None,
         }
@@ -117,9 +125,28 @@ impl IoBuf {
     pub fn alloc(len: usize) -> Self {
         Self {
             chunk: Chunk::new(len),
+            vec: None,
             len,
             pool: None,
         }
+    }
+
+    /// Wraps `v` without copying it: the capacity and the length are `v.len()`. The bytes
+    /// are only as aligned as the vector's allocation (engines that need more, such as
+    /// `O_DIRECT` AIO, must not be given such a buffer). [`IoBuf::into_vec`] returns `v`.
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        Self {
+            chunk: Chunk::empty(),
+            len: v.len(),
+            vec: Some(v),
+            pool: None,
+        }
+    }
+
+    /// The vector given to [`IoBuf::from_vec`], whole (at its original length, whatever
+    /// [`IoBuf::set_len`] did since); `Err(self)` for a buffer that does not wrap one.
+    pub fn into_vec(mut self) -> Result<Vec<u8>, IoBuf> {
+        self.vec.take().ok_or(self)
     }
 
     /// A fresh buffer holding a copy of `data`, not attached to any pool.
@@ -131,16 +158,17 @@ impl IoBuf {
 
     /// The number of bytes the buffer can hold.
     pub fn capacity(&self) -> usize {
-        self.chunk.cap
+        self.vec.as_ref().map_or(self.chunk.cap, Vec::len)
     }
 
     /// Set the length (the size of the slice it derefs to). Bytes between the old and the
     /// new length keep their previous contents.
     pub fn set_len(&mut self, len: usize) -> Result<(), CapacityError> {
-        if len > self.chunk.cap {
+        let capacity = self.capacity();
+        if len > capacity {
             return Err(CapacityError {
                 requested: len,
-                capacity: self.chunk.cap,
+                capacity,
             });
         }
         self.len = len;
@@ -162,6 +190,9 @@ impl Default for IoBuf {
 impl Deref for IoBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        if let Some(v) = &self.vec {
+            return v.get(..self.len).unwrap_or(v);
+        }
         // SAFETY: `ptr` is valid for `cap` initialised (zeroed at allocation) bytes, or
         // dangling-but-aligned with len 0; `len <= cap`; `&self` forbids concurrent writes.
         unsafe { std::slice::from_raw_parts(self.chunk.ptr.as_ptr(), self.len) }
@@ -170,6 +201,10 @@ impl Deref for IoBuf {
 
 impl DerefMut for IoBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
+        if let Some(v) = &mut self.vec {
+            let len = self.len.min(v.len());
+            return &mut v[..len];
+        }
         // SAFETY: as in `deref`, and `&mut self` makes this the only access.
         unsafe { std::slice::from_raw_parts_mut(self.chunk.ptr.as_ptr(), self.len) }
     }
@@ -179,7 +214,7 @@ impl fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IoBuf")
             .field("len", &self.len)
-            .field("capacity", &self.chunk.cap)
+            .field("capacity", &self.capacity())
             .field("pooled", &self.pool.is_some())
             .finish()
     }
@@ -261,6 +296,7 @@ impl BufPool {
         let chunk = recycled.unwrap_or_else(|| Chunk::new(ALIGN << class));
         IoBuf {
             chunk,
+            vec: None,
             len,
             pool: Some(self.inner.clone()),
         }
@@ -350,6 +386,44 @@ mod tests {
         assert!(e.set_len(1).is_err());
         let c = IoBuf::from_slice(b"abc");
         assert_eq!(&c[..], b"abc");
+    }
+
+    #[test]
+    fn vectors_are_wrapped_and_given_back_without_copying() {
+        let v: Vec<u8> = (0..100u8).collect();
+        let ptr = v.as_ptr();
+        let mut b = IoBuf::from_vec(v);
+        assert_eq!(b.len(), 100);
+        assert_eq!(b.capacity(), 100);
+        assert!(!b.is_pooled());
+        assert_eq!(b.as_ptr(), ptr, "the vector's own bytes");
+        b.set_len(10).unwrap();
+        assert_eq!(&b[..], &(0..10u8).collect::<Vec<_>>()[..]);
+        b.fill(0xee);
+        assert_eq!(
+            b.set_len(101),
+            Err(CapacityError {
+                requested: 101,
+                capacity: 100
+            })
+        );
+        let v = b.into_vec().unwrap();
+        assert_eq!(v.as_ptr(), ptr);
+        assert_eq!(v.len(), 100, "whole, whatever set_len did");
+        assert_eq!(
+            &v[..11],
+            &[
+                0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 10
+            ]
+        );
+        // Other buffers are not vectors: handed back unchanged.
+        let pool = BufPool::new(2);
+        let p = pool.get(4096).into_vec().unwrap_err();
+        assert!(p.is_pooled());
+        drop(p);
+        assert_eq!(pool.idle(), 1);
+        assert!(IoBuf::empty().into_vec().is_err());
+        assert!(IoBuf::from_vec(Vec::new()).is_empty());
     }
 
     #[test]

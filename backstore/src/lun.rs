@@ -138,9 +138,21 @@ pub struct LunStore {
     bstype: BsType,
     store: Arc<dyn BackingStore>,
     file: Option<Arc<FileStore>>,
+    #[cfg(feature = "rbd")]
+    rbd: Option<Arc<crate::rbd::RbdStore>>,
 }
 
 impl LunStore {
+    fn plain(bstype: BsType, store: Arc<dyn BackingStore>, file: Option<Arc<FileStore>>) -> Self {
+        Self {
+            bstype,
+            store,
+            file,
+            #[cfg(feature = "rbd")]
+            rbd: None,
+        }
+    }
+
     #[cfg(feature = "rbd")]
     fn open_rbd(path: Option<&Path>, opts: &OpenOptions) -> Result<Self, OpenError> {
         use crate::rbd::{RbdOptions, RbdSpec, RbdStore};
@@ -171,10 +183,10 @@ impl LunStore {
                 ));
             }
         }
+        let store = Arc::new(store);
         Ok(Self {
-            bstype: BsType::Rbd,
-            store: Arc::new(store),
-            file: None,
+            rbd: Some(store.clone()),
+            ..Self::plain(BsType::Rbd, store, None)
         })
     }
 
@@ -220,11 +232,7 @@ impl LunStore {
                     FileStore::open(path, opts)?
                 };
                 let file = Arc::new(file);
-                Ok(Self {
-                    bstype,
-                    store: file.clone(),
-                    file: Some(file),
-                })
+                Ok(Self::plain(bstype, file.clone(), Some(file)))
             }
             BsType::Nbd => {
                 let Some(path) = path else {
@@ -245,11 +253,7 @@ impl LunStore {
                         ..NbdOptions::default()
                     },
                 )?;
-                Ok(Self {
-                    bstype,
-                    store: Arc::new(store),
-                    file: None,
-                })
+                Ok(Self::plain(bstype, Arc::new(store), None))
             }
             BsType::Rbd => Self::open_rbd(path, opts),
             BsType::Memory | BsType::Null => {
@@ -271,11 +275,7 @@ impl LunStore {
                         })?,
                     )
                 };
-                Ok(Self {
-                    bstype,
-                    store,
-                    file: None,
-                })
+                Ok(Self::plain(bstype, store, None))
             }
         }
     }
@@ -295,9 +295,13 @@ impl LunStore {
         self.file.as_ref()
     }
 
-    /// A new engine over this store: rdwr pool (rdwr, nbd), aio context, or inline for
-    /// memory/null.
+    /// A new engine over this store: librbd's asynchronous calls for rbd (with the `rbd`
+    /// feature), rdwr pool (rdwr, nbd), aio context, or inline for memory/null.
     pub fn engine(&self, notify: Notify, tuning: EngineTuning) -> io::Result<Box<dyn Engine>> {
+        #[cfg(feature = "rbd")]
+        if let Some(rbd) = &self.rbd {
+            return Ok(Box::new(crate::rbd::RbdEngine::new(rbd.clone(), notify)?));
+        }
         Ok(match (self.bstype, &self.file) {
             (BsType::Aio, Some(file)) => Box::new(AioEngine::new(
                 file.clone(),
@@ -319,6 +323,31 @@ impl LunStore {
                 Box::new(InlineEngine::new(self.store.clone(), notify)?)
             }
         })
+    }
+}
+
+impl LunStore {
+    /// Whether [`LunStore::async_engine`] gives an engine: one whose `submit` never waits
+    /// for the I/O, so an event loop keeps any number of requests in flight on it without
+    /// a thread per request. Today: `rbd` (librbd's `rbd_aio_*`, with the `rbd` feature).
+    ///
+    /// Not `aio`: the kernel needs its buffers aligned for `O_DIRECT`, and a runtime's
+    /// task buffers (vectors handed over with [`crate::IoBuf::from_vec`]) are not; nor
+    /// `rdwr`/`nbd` (a thread pool: the runtime's own pool does the same) or
+    /// `memory`/`null` (never block: run inline).
+    pub fn has_async_engine(&self) -> bool {
+        #[cfg(feature = "rbd")]
+        if self.rbd.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// A new engine that never blocks its submitter (see
+    /// [`LunStore::has_async_engine`]), or `None` for a store without one.
+    pub fn async_engine(&self, notify: Notify) -> Option<io::Result<Box<dyn Engine>>> {
+        self.has_async_engine()
+            .then(|| self.engine(notify, EngineTuning::default()))
     }
 }
 
@@ -371,6 +400,8 @@ mod tests {
                 lun.file().is_some(),
                 matches!(t, BsType::Rdwr | BsType::Aio)
             );
+            assert!(!lun.has_async_engine(), "{t}");
+            assert!(lun.async_engine(Notify::EventFd).is_none(), "{t}");
             let engine = lun
                 .engine(
                     Notify::EventFd,

@@ -4,14 +4,17 @@
 //! [`InstrumentedStore`] wraps any [`BackingStore`] and records how many times each
 //! operation ran (to observe that FUA and flush reach the store), can fail chosen
 //! operations with a chosen errno (to exercise EIO / ENOSPC paths) and can delay every
-//! operation (to keep requests in flight during shutdown tests).
+//! operation (to keep requests in flight during shutdown tests). [`GatedEngine`] holds
+//! requests until the test releases them (requests in flight without timing).
 
+use std::fmt;
 use std::net::TcpListener;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::Op;
+use crate::engine::{Completion, CompletionQueue, Engine, Notify, Op, Request, execute};
 use crate::error::StoreError;
 use crate::store::{BackingStore, LbaStatus};
 
@@ -223,4 +226,147 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// When a [`GatedEngine`] lets its requests run, and what it saw (shared by the engines a
+/// test makes, e.g. one per reactor).
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Held requests (per engine) at which the engine runs them all; 0: only
+    /// [`GatedEngine::release`] does.
+    pub release_at: AtomicUsize,
+    /// The most requests one engine held at once.
+    pub peak: AtomicUsize,
+}
+
+/// An [`Engine`] that holds every request until the test lets it go, so that tests see
+/// requests in flight without timing: [`GatedEngine::release`] runs the held ones (newest
+/// first: completions arrive out of order) on the store and queues their completions;
+/// with [`Gate::release_at`] set, the engine does so itself once that many are held.
+/// Clones share the engine (a test keeps one while a runtime owns another).
+#[derive(Clone)]
+pub struct GatedEngine {
+    inner: Arc<GatedInner>,
+}
+
+struct GatedInner {
+    store: Arc<dyn BackingStore>,
+    queue: CompletionQueue,
+    gate: Arc<Gate>,
+    held: Mutex<Vec<Request>>,
+    in_flight: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+impl GatedEngine {
+    /// An engine over `store`; completions are signalled as `notify` says.
+    pub fn new(
+        store: Arc<dyn BackingStore>,
+        notify: Notify,
+        gate: Arc<Gate>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(GatedInner {
+                store,
+                queue: CompletionQueue::new(notify)?,
+                gate,
+                held: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Requests held now.
+    pub fn held(&self) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Whether [`Engine::shutdown`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Runs every held request, newest first, and queues the completions; how many.
+    pub fn release(&self) -> usize {
+        let me = &*self.inner;
+        let held = std::mem::take(&mut *me.held.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = held.len();
+        let mut done: Vec<Completion> = held
+            .into_iter()
+            .rev()
+            .map(|r| execute(&*me.store, r))
+            .collect();
+        me.queue.push_all(&mut done);
+        n
+    }
+}
+
+impl fmt::Debug for GatedEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatedEngine")
+            .field("held", &self.held())
+            .field("gate", &self.inner.gate)
+            .finish()
+    }
+}
+
+impl Engine for GatedEngine {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn store(&self) -> &Arc<dyn BackingStore> {
+        &self.inner.store
+    }
+
+    fn submit(&self, req: Request) {
+        let me = &*self.inner;
+        me.in_flight.fetch_add(1, Ordering::AcqRel);
+        if me.stopped.load(Ordering::Acquire) {
+            me.queue.push(req.complete(Err(StoreError::CANCELLED)));
+            return;
+        }
+        let n = {
+            let mut held = me.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.push(req);
+            held.len()
+        };
+        me.gate.peak.fetch_max(n, Ordering::AcqRel);
+        let at = me.gate.release_at.load(Ordering::Acquire);
+        if at > 0 && n >= at {
+            self.release();
+        }
+    }
+
+    fn poll_completions(&self, f: &mut dyn FnMut(Completion)) -> usize {
+        let mut out = Vec::new();
+        self.inner.queue.drain(&mut out);
+        self.inner.in_flight.fetch_sub(out.len(), Ordering::AcqRel);
+        let n = out.len();
+        out.into_iter().for_each(f);
+        n
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        self.inner.queue.fd()
+    }
+
+    fn wait_completions(&self, timeout: Option<Duration>) -> bool {
+        self.inner.queue.wait(timeout)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Runs what is held (so every request completes), then cancels new ones.
+    fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        self.release();
+    }
 }

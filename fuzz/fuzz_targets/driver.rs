@@ -580,6 +580,7 @@ fn registry() -> Arc<Registry> {
             },
             store,
             stats: LunStats::default(),
+            engine: None,
         };
         node.add_lun(backend, cfg).expect("fresh LUN");
     }

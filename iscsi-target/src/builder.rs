@@ -314,6 +314,7 @@ impl TargetBuilder {
                 info,
                 store,
                 stats: LunStats::default(),
+                engine: None,
             };
             node.add_lun(backend, cfg)
                 .map_err(|error| BuildError::Lun { lun: number, error })?;

@@ -4,7 +4,8 @@
 //! 1. [`Driver::handle_input`] with the bytes read from the socket (it consumes whole PDUs
 //!    and leaves a partial one in the buffer);
 //! 2. [`Driver::poll_io`] for I/O jobs; run each ([`IoJob::run`] synchronously, here or on
-//!    a worker thread) and hand it back with [`Driver::io_done`];
+//!    a worker thread, or on the LUN's asynchronous engine through an
+//!    [`EngineSet`](crate::engines::EngineSet)) and hand it back with [`Driver::io_done`];
 //! 3. [`Driver::poll_transmit`] for output: header bytes plus, for Data-In, a range of a
 //!    task buffer ([`Driver::task_data`]) and its trailer, ready for `writev`;
 //! 4. [`Driver::poll_timeout`] / [`Driver::handle_timeout`] for timers;
@@ -505,14 +506,16 @@ pub struct IoJob {
     /// The LUN's storage.
     pub backend: Arc<LunBackend>,
     /// For EXTENDED COPY: the source LUN's storage (`backend` is the destination's).
-    copy_src: Option<Arc<LunBackend>>,
+    pub(crate) copy_src: Option<Arc<LunBackend>>,
     slot: usize,
     lun: Lun,
     /// The target and nexus the task belongs to: the answer goes back to scsi-core even if
     /// the connection has closed meanwhile, so the task's slot there is freed.
     target: Arc<TargetNode>,
     nexus: NexusId,
-    buf: Vec<u8>,
+    /// The task's buffer (read data lands at its start; write data starts at
+    /// `req.data_offset`).
+    pub(crate) buf: Vec<u8>,
     scratch: Vec<u8>,
     answer: Option<IoAnswer>,
 }
@@ -570,7 +573,8 @@ impl IoJob {
         }
     }
 
-    fn finish(&mut self, a: IoAnswer, start: std::time::Instant) {
+    /// Records the answer (and the LUN's statistics) for [`Driver::io_done`].
+    pub(crate) fn finish(&mut self, a: IoAnswer, start: std::time::Instant) {
         let kind = match self.req.op {
             scsi_core::IoOp::Read => IoKind::Read,
             scsi_core::IoOp::Write => IoKind::Write,
@@ -590,6 +594,35 @@ impl IoJob {
         let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.backend.stats.record(kind, self.req.byte_len(), us, ok);
         self.answer = Some(a);
+    }
+}
+
+#[cfg(test)]
+impl IoJob {
+    /// A job for `req` on `backend` outside any connection (tests of the engines).
+    pub(crate) fn for_test(
+        req: IoRequest,
+        backend: Arc<LunBackend>,
+        target: Arc<TargetNode>,
+        buf: Vec<u8>,
+    ) -> IoJob {
+        IoJob {
+            req,
+            backend,
+            copy_src: None,
+            slot: 0,
+            lun: Lun(0),
+            target,
+            nexus: req.task.nexus,
+            buf,
+            scratch: Vec::new(),
+            answer: None,
+        }
+    }
+
+    /// The answer [`IoJob::run`] or an engine recorded.
+    pub(crate) fn answer(&self) -> Option<IoAnswer> {
+        self.answer
     }
 }
 

@@ -3,8 +3,11 @@
 //! [`execute`] performs one request with no lock held and returns an [`IoAnswer`]; the caller
 //! then takes the LU lock and hands the answer to scsi-core with [`IoAnswer::apply`]. The
 //! thread-per-connection runtime calls it inline; the reactor runtime calls it from a worker
-//! for the compound operations (VERIFY, COMPARE AND WRITE, ORWRITE, WRITE SAME, UNMAP, GET
-//! LBA STATUS) and sends plain reads, writes and flushes to its asynchronous engine.
+//! for the compound operations (VERIFY, COMPARE AND WRITE, ORWRITE, WRITE SAME with data,
+//! SANITIZE, EXTENDED COPY, GET LBA STATUS), and for every operation of a LUN without an
+//! asynchronous engine. On a LUN with one (Ceph RBD), plain reads, writes, flushes, UNMAP
+//! and WRITE SAME that unmaps or zeroes go to the engine instead, through
+//! [`crate::engines::EngineSet`], which reports results exactly as this module does.
 //!
 //! COMPARE AND WRITE and WRITE SAME use the store's own
 //! [`compare_and_write`](BackingStore::compare_and_write) and
@@ -110,12 +113,23 @@ fn slice(buf: &[u8], off: usize, len: usize) -> Result<&[u8], IoResult> {
         .ok_or(IoResult::Failed)
 }
 
-fn read_full(store: &dyn BackingStore, buf: &mut [u8], offset: u64) -> Result<(), IoResult> {
-    match store.read_at(buf, offset) {
-        Ok(n) if n == buf.len() => Ok(()),
+/// What a read or write that had to move `want` bytes reports: done when it moved them
+/// all; a short read ran past the end, a short write failed; a store error by its kind.
+pub(crate) fn transfer_result(
+    r: Result<usize, StoreError>,
+    want: usize,
+    writing: bool,
+) -> Result<(), IoResult> {
+    match r {
+        Ok(n) if n == want => Ok(()),
+        Ok(_) if writing => Err(IoResult::WriteError),
         Ok(_) => Err(IoResult::OutOfRange),
-        Err(e) => Err(io_result(e, false)),
+        Err(e) => Err(io_result(e, writing)),
     }
+}
+
+fn read_full(store: &dyn BackingStore, buf: &mut [u8], offset: u64) -> Result<(), IoResult> {
+    transfer_result(store.read_at(buf, offset), buf.len(), false)
 }
 
 fn write_full(
@@ -124,11 +138,7 @@ fn write_full(
     offset: u64,
     fua: bool,
 ) -> Result<(), IoResult> {
-    match store.write_at(buf, offset, fua) {
-        Ok(n) if n == buf.len() => Ok(()),
-        Ok(_) => Err(IoResult::WriteError),
-        Err(e) => Err(io_result(e, true)),
-    }
+    transfer_result(store.write_at(buf, offset, fua), buf.len(), true)
 }
 
 /// Performs `req` on `store`. `data` is the task's buffer (read data lands at its start;
@@ -439,12 +449,13 @@ fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use backstore::MemoryStore;
     use scsi_core::{NexusId, TaskTag};
 
-    fn req(op: IoOp, lba: u64, blocks: u64) -> IoRequest {
+    /// A request of `blocks` 512-byte blocks at `lba` (task 7 of nexus 1).
+    pub(crate) fn req(op: IoOp, lba: u64, blocks: u64) -> IoRequest {
         IoRequest {
             task: TaskId {
                 nexus: NexusId(1),

@@ -14,6 +14,8 @@
 //!   `iscsi_proto::session::Connection` to scsi-core and the stores; a runtime feeds it
 //!   bytes, wake-ups and timer ticks and writes out what it returns;
 //! - [`exec`]: runs scsi-core I/O requests on a backing store and hands the answers back;
+//! - [`engines`]: the same on the asynchronous engines of LUNs that have one (Ceph RBD),
+//!   for event-loop runtimes: requests in flight without a thread each;
 //! - [`persist`]: persistent reservations kept across restarts (APTPL);
 //! - [`resize`]: capacity changes of stores resized elsewhere (`rbd resize`) passed on to
 //!   scsi-core (CAPACITY DATA HAS CHANGED), on a background thread.
@@ -50,6 +52,7 @@
 pub mod acl;
 pub mod builder;
 pub mod driver;
+pub mod engines;
 pub mod exec;
 pub mod persist;
 pub mod registry;

@@ -165,6 +165,7 @@ mod registry_tests {
                 info,
                 store: mem,
                 stats: LunStats::default(),
+                engine: None,
             },
             cfg,
         )

@@ -214,6 +214,13 @@ pub struct LunInfo {
     pub thin: bool,
 }
 
+/// Builds an asynchronous [`Engine`](backstore::Engine) over a LUN's store, signalling
+/// completions as the [`Notify`](backstore::Notify) says. An event loop calls it once per
+/// loop (each loop then owns its engine and its completion eventfd); see
+/// [`crate::engines`].
+pub type EngineFactory =
+    Arc<dyn Fn(backstore::Notify) -> std::io::Result<Box<dyn backstore::Engine>> + Send + Sync>;
+
 /// A LUN's storage.
 pub struct LunBackend {
     /// Description.
@@ -222,12 +229,37 @@ pub struct LunBackend {
     pub store: Arc<dyn BackingStore>,
     /// Counters.
     pub stats: LunStats,
+    /// An engine whose `submit` never waits for the I/O (Ceph RBD: librbd's `rbd_aio_*`),
+    /// for event-loop runtimes to keep requests in flight without a thread each; `None`:
+    /// the blocking [`BackingStore`] calls only. [`LunBackend::engine_of`] makes one from
+    /// a [`backstore::LunStore`].
+    pub engine: Option<EngineFactory>,
+}
+
+impl LunBackend {
+    /// The [`EngineFactory`] of `lun`'s asynchronous engine, if it has one
+    /// ([`backstore::LunStore::has_async_engine`]).
+    pub fn engine_of(lun: &backstore::LunStore) -> Option<EngineFactory> {
+        if !lun.has_async_engine() {
+            return None;
+        }
+        let lun = lun.clone();
+        Some(Arc::new(move |notify| {
+            lun.async_engine(notify).unwrap_or_else(|| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "no asynchronous engine",
+                ))
+            })
+        }))
+    }
 }
 
 impl std::fmt::Debug for LunBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LunBackend")
             .field("info", &self.info)
+            .field("engine", &self.engine.is_some())
             .finish_non_exhaustive()
     }
 }

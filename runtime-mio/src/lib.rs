@@ -6,7 +6,12 @@
 //! and sends the batched responses with one `writev` straight from the task buffers (Data-In
 //! is not copied in user space; only the remainder of a partial write is). Block I/O runs on a per-reactor worker
 //! pool (memory and null stores run inline); completions come back through the reactor's
-//! [`mio::Waker`]. All protocol and SCSI logic lives in [`iscsi_target::driver::Driver`].
+//! [`mio::Waker`]. LUNs with an asynchronous engine (Ceph RBD) skip the pool for plain
+//! reads, writes, flushes, UNMAP and zeroing: each reactor makes its own engine per LUN,
+//! registers the engine's completion eventfd in its `Poll`, submits without blocking and
+//! reaps when the eventfd fires ([`iscsi_target::engines`]), so requests in flight are not
+//! limited by [`MioConfig::io_threads`]. All protocol and SCSI logic lives in
+//! [`iscsi_target::driver::Driver`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -51,6 +56,9 @@ use iscsi_target::driver::{
 use iscsi_target::registry::{LunBackend, Registry};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+
+mod engines;
+use engines::Engines;
 
 const WAKER: Token = Token(0);
 /// Bytes read from a socket per `read` call.
@@ -224,6 +232,7 @@ impl Server {
                 conns: HashMap::new(),
                 next_token: 1,
                 pool,
+                engines: Engines::default(),
                 epoch,
                 stopping: false,
                 read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -440,6 +449,8 @@ struct Reactor {
     conns: HashMap<Token, Conn>,
     next_token: usize,
     pool: IoPool,
+    /// Asynchronous engines of the LUNs that have one, and the jobs in flight on them.
+    engines: Engines,
     epoch: Instant,
     stopping: bool,
     /// Socket reads land here first (one buffer per reactor, not zeroed per wake-up).
@@ -461,6 +472,10 @@ impl Reactor {
                 .filter_map(|c| c.driver.poll_timeout())
                 .min()
                 .map(|t| Duration::from_millis(t.as_millis().saturating_sub(now.as_millis())));
+            let timeout = match (timeout, self.engines.timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll: {e}");
@@ -468,11 +483,15 @@ impl Reactor {
                 }
             }
             let mut touched: Vec<Token> = Vec::new();
+            let mut engines_ready = Vec::new();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
                 }
-                touched.push(ev.token());
+                match Engines::engine_of(ev.token()) {
+                    Some(id) => engines_ready.push(id),
+                    None => touched.push(ev.token()),
+                }
             }
             if self.handle_commands() {
                 return;
@@ -487,6 +506,7 @@ impl Reactor {
                     touched.push(t);
                 }
             }
+            self.reap_engines(&engines_ready, now, &mut touched);
             // Wake-ups from other sessions.
             let woken =
                 std::mem::take(&mut *self.shared.woken.lock().unwrap_or_else(|e| e.into_inner()));
@@ -512,6 +532,21 @@ impl Reactor {
                 return;
             }
         }
+    }
+
+    /// Hands the jobs the ready engines finished back to their drivers, then drops the
+    /// engines of removed LUNs.
+    fn reap_engines(&mut self, ready: &[usize], now: Timestamp, touched: &mut Vec<Token>) {
+        let conns = &mut self.conns;
+        for &id in ready {
+            self.engines.reap(id, &mut |t, job| {
+                if let Some(c) = conns.get_mut(&t) {
+                    c.driver.io_done(now, job);
+                    touched.push(t);
+                }
+            });
+        }
+        self.engines.retire(self.poll.registry());
     }
 
     /// Returns true when the reactor must exit.
@@ -637,7 +672,11 @@ impl Reactor {
             };
             // I/O: inline when it cannot block (page-cache hits, RAM stores), the pool
             // otherwise.
-            while let Some(mut job) = c.driver.poll_io() {
+            while let Some(job) = c.driver.poll_io() {
+                // On the LUN's asynchronous engine if it has one.
+                let Some(mut job) = self.engines.submit(self.poll.registry(), token, job) else {
+                    continue;
+                };
                 if job.try_run_nonblocking() {
                     c.driver.io_done(now, job);
                 } else {
@@ -685,6 +724,14 @@ impl Reactor {
             // Wait for in-flight I/O to come back before dropping the driver.
             c.driver.close(now);
         }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        // Each engine waits for the requests it has running (librbd writes into their
+        // buffers until they complete), then the jobs in flight are dropped.
+        self.engines.shutdown(self.poll.registry());
     }
 }
 
@@ -1067,5 +1114,317 @@ mod tests {
         assert!(!closed_within(&mut b, Duration::from_millis(300)));
         drop(b);
         s.shutdown(Duration::from_secs(1));
+    }
+
+    // --- Asynchronous engines -----------------------------------------------------------
+
+    use backstore::testing::{Gate, GatedEngine};
+    use iscsi_proto::session::initiator::{CommandSpec, Initiator, write_text};
+    use iscsi_proto::wire::{DataInFlags, Digests, Pdu, Stage, Status, pdu_len};
+    use iscsi_target::builder::{LunOptions, lu_config};
+    use iscsi_target::registry::{EngineFactory, LunBackend, LunInfo, LunStats, TargetNode};
+
+    const GATED: &str = "iqn.2026-11.org.tgt-rs:rt-engines";
+
+    /// A target whose LUN 0 (a RAM disk) runs its I/O on [`GatedEngine`]s, on a server with
+    /// one reactor and one I/O thread. The engines the reactor made are pushed to `made`.
+    fn gated_server(
+        gate: Arc<Gate>,
+        made: Arc<Mutex<Vec<GatedEngine>>>,
+    ) -> (Server, SocketAddr, Arc<MemoryStore>, Arc<TargetNode>) {
+        let registry = TargetBuilder::new(GATED)
+            .lun(0, Arc::new(MemoryStore::new(1 << 20, 512).unwrap()))
+            .build()
+            .unwrap();
+        let node = registry.target_by_name(GATED).unwrap();
+        let mem = Arc::new(MemoryStore::new(1 << 20, 512).unwrap());
+        let store: Arc<dyn backstore::BackingStore> = mem.clone();
+        let s = store.clone();
+        let factory: EngineFactory = Arc::new(move |notify| {
+            let e = GatedEngine::new(s.clone(), notify, gate.clone())?;
+            made.lock().unwrap().push(e.clone());
+            Ok(Box::new(e))
+        });
+        node.remove_lun(0).unwrap();
+        let cfg = lu_config(1, 0, &*store, &LunOptions::default());
+        let info = LunInfo {
+            number: 0,
+            bstype: "gated".into(),
+            path: None,
+            size: 1 << 20,
+            block_size: 512,
+            readonly: false,
+            removable: false,
+            thin: false,
+        };
+        node.add_lun(
+            LunBackend {
+                info,
+                store,
+                stats: LunStats::default(),
+                engine: Some(factory),
+            },
+            cfg,
+        )
+        .unwrap();
+        let s = Server::start(
+            registry,
+            DriverConfig::default(),
+            &["127.0.0.1:0".parse().unwrap()],
+            MioConfig {
+                reactors: 1,
+                io_threads: 1,
+            },
+        )
+        .unwrap();
+        let addr = s.local_addrs()[0];
+        (s, addr, mem, node)
+    }
+
+    /// A logged-in session on a real socket (iscsi-proto's test initiator).
+    struct Session {
+        sock: std::net::TcpStream,
+        ini: Initiator,
+        rx: Vec<u8>,
+    }
+
+    /// What came back for one command: its status and the Data-In bytes.
+    #[derive(Debug, Default)]
+    struct Answer {
+        status: Option<u8>,
+        data: Vec<u8>,
+    }
+
+    impl Session {
+        fn login(addr: SocketAddr) -> Session {
+            let sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut s = Session {
+                sock,
+                ini: Initiator::new([0x80, 0, 0, 0, 0x0e, 1], 1),
+                rx: Vec::new(),
+            };
+            let mut text = [0u8; 512];
+            let pairs = [
+                ("InitiatorName", "iqn.2026-11.org.tgt-rs:rt-ini"),
+                ("TargetName", GATED),
+                ("SessionType", "Normal"),
+                ("ImmediateData", "Yes"),
+            ];
+            let n = write_text(&mut text, &pairs).unwrap();
+            let mut pdu = vec![0u8; 1024];
+            let stages = (Stage::LoginOperational, Some(Stage::FullFeature));
+            let len = s
+                .ini
+                .login(&mut pdu, stages.0, stages.1, &text[..n])
+                .unwrap();
+            s.sock.write_all(&pdu[..len]).unwrap();
+            let pdu = s.next_pdu();
+            assert!(
+                matches!(s.ini.receive(&pdu), Ok((Pdu::LoginResponse(r), _)) if r.status.class == 0)
+            );
+            s.ini.set_digests(Digests::NONE);
+            // TEST UNIT READY clears the POWER ON unit attention.
+            let itt = s.send(&CommandSpec::read(0, &[0; 6], 0));
+            s.wait(&[itt]);
+            s
+        }
+
+        fn next_pdu(&mut self) -> Vec<u8> {
+            loop {
+                if let Status::Complete(n) = pdu_len(&self.rx, Digests::NONE) {
+                    if self.rx.len() >= n {
+                        return self.rx.drain(..n).collect();
+                    }
+                }
+                let mut b = [0u8; 64 * 1024];
+                let n = self.sock.read(&mut b).unwrap();
+                assert!(n > 0, "the target closed the connection");
+                self.rx.extend_from_slice(&b[..n]);
+            }
+        }
+
+        fn send(&mut self, spec: &CommandSpec<'_>) -> u32 {
+            let mut pdu = vec![0u8; spec.data.len() + 256];
+            let (itt, len) = self.ini.command(&mut pdu, spec).unwrap();
+            self.sock.write_all(&pdu[..len]).unwrap();
+            itt
+        }
+
+        /// Collects every command of `itts` until each has its status.
+        fn wait(&mut self, itts: &[u32]) -> HashMap<u32, Answer> {
+            let mut got: HashMap<u32, Answer> = HashMap::new();
+            while itts
+                .iter()
+                .any(|t| got.get(t).is_none_or(|a| a.status.is_none()))
+            {
+                let pdu = self.next_pdu();
+                match self.ini.receive(&pdu).unwrap().0 {
+                    Pdu::DataIn(d) => {
+                        let a = got.entry(d.itt).or_default();
+                        a.data.extend_from_slice(d.data);
+                        if d.flags.contains(DataInFlags::STATUS) {
+                            a.status = Some(d.status);
+                        }
+                    }
+                    Pdu::ScsiResponse(r) => got.entry(r.itt).or_default().status = Some(r.status),
+                    _ => {}
+                }
+            }
+            got
+        }
+    }
+
+    /// READ(16) / WRITE(16) of `blocks` at `lba`.
+    fn rw16(opcode: u8, lba: u64, blocks: u32, fua: bool) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = opcode;
+        c[1] = if fua { 0x08 } else { 0 };
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    /// Sends eight 4 KiB READ(16)s, or WRITE(16)s with FUA.
+    fn send_eight(s: &mut Session, write: bool) {
+        let data = vec![9u8; 4096];
+        for k in 0..8u64 {
+            if write {
+                s.send(&CommandSpec::write(
+                    0,
+                    &rw16(0x8a, k * 8, 8, true),
+                    4096,
+                    &data,
+                ));
+            } else {
+                s.send(&CommandSpec::read(0, &rw16(0x88, k * 8, 8, false), 4096));
+            }
+        }
+    }
+
+    /// Waits until the reactor's engine holds `n` requests; returns it.
+    fn engine_holding(made: &Mutex<Vec<GatedEngine>>, n: usize) -> GatedEngine {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = made.lock().unwrap().first().filter(|e| e.held() >= n) {
+                return e.clone();
+            }
+            assert!(Instant::now() < deadline, "{n} requests reached the engine");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn pattern(lba: u64) -> Vec<u8> {
+        (0..4096u64).map(|i| (lba * 7 + i) as u8).collect()
+    }
+
+    #[test]
+    fn an_engine_keeps_more_requests_in_flight_than_the_reactor_has_io_threads() {
+        use backstore::BackingStore;
+        // The engine holds every request until 32 are in it: with one I/O thread doing
+        // blocking calls, this could never happen.
+        let gate = Arc::new(Gate::default());
+        gate.release_at.store(32, Ordering::SeqCst);
+        let made: Arc<Mutex<Vec<GatedEngine>>> = Arc::default();
+        let (server, addr, mem, _node) = gated_server(gate.clone(), Arc::clone(&made));
+        for k in 0..64u64 {
+            mem.write_at(&pattern(k * 8), k * 4096, false).unwrap();
+        }
+        let mut s = Session::login(addr);
+        let cdbs: Vec<[u8; 16]> = (0..32u64).map(|k| rw16(0x88, k * 8, 8, false)).collect();
+        let itts: Vec<u32> = cdbs
+            .iter()
+            .map(|c| s.send(&CommandSpec::read(0, c, 4096)))
+            .collect();
+        let got = s.wait(&itts);
+        assert_eq!(
+            gate.peak.load(Ordering::SeqCst),
+            32,
+            "32 reads in the engine at once"
+        );
+        for (k, itt) in itts.iter().enumerate() {
+            let a = &got[itt];
+            assert_eq!(a.status, Some(0), "read {k}");
+            assert!(a.data == pattern(k as u64 * 8), "read {k}: data");
+        }
+        // 32 writes, half with FUA, in flight together too; then read back.
+        let cdbs: Vec<[u8; 16]> = (0..32u64)
+            .map(|k| rw16(0x8a, 512 + k * 8, 8, k % 2 == 0))
+            .collect();
+        let datas: Vec<Vec<u8>> = (0..32u64).map(|k| pattern(1000 + k)).collect();
+        let itts: Vec<u32> = cdbs
+            .iter()
+            .zip(&datas)
+            .map(|(c, d)| s.send(&CommandSpec::write(0, c, 4096, d)))
+            .collect();
+        let got = s.wait(&itts);
+        for (k, itt) in itts.iter().enumerate() {
+            assert_eq!(got[itt].status, Some(0), "write {k}");
+        }
+        assert_eq!(gate.peak.load(Ordering::SeqCst), 32);
+        for (k, d) in datas.iter().enumerate() {
+            let mut b = vec![0u8; 4096];
+            mem.read_at(&mut b, (512 + k as u64 * 8) * 512).unwrap();
+            assert!(&b == d, "write {k} landed");
+        }
+        assert_eq!(made.lock().unwrap().len(), 1, "one engine for the LUN");
+        drop(s);
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_connection_with_requests_in_an_engine_stays_until_they_return() {
+        let gate = Arc::new(Gate::default());
+        let made: Arc<Mutex<Vec<GatedEngine>>> = Arc::default();
+        let (server, addr, _mem, node) = gated_server(gate, made.clone());
+        let mut s = Session::login(addr);
+        send_eight(&mut s, false);
+        let engine = engine_holding(&made, 8);
+        // The initiator goes away: the connection (whose buffers are in the engine) stays.
+        drop(s);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(server.connection_count(), 1);
+        assert_eq!(engine.release(), 8);
+        wait_count(&server, 0);
+
+        // LUN removal: the engine is retired (stopped, its eventfd out of the poll) once
+        // nothing holds the LUN.
+        let mut s = Session::login(addr);
+        let c = rw16(0x88, 0, 8, false);
+        let itt = s.send(&CommandSpec::read(0, &c, 4096));
+        engine_holding(&made, 1);
+        node.remove_lun(0).unwrap();
+        assert!(!engine.is_stopped(), "a request still holds the LUN");
+        engine.release();
+        // (scsi-core forgot the task with its LUN: no status comes, as with the blocking
+        // pool; `tgt-cli lun delete --force` logs such sessions out.)
+        let _ = itt;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !engine.is_stopped() {
+            assert!(
+                Instant::now() < deadline,
+                "the engine of the removed LUN was retired"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(s);
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shutdown_with_requests_in_an_engine_completes() {
+        let gate = Arc::new(Gate::default());
+        let made: Arc<Mutex<Vec<GatedEngine>>> = Arc::default();
+        let (server, addr, _mem, _node) = gated_server(gate, made.clone());
+        let mut s = Session::login(addr);
+        send_eight(&mut s, true);
+        let engine = engine_holding(&made, 8);
+        let t = Instant::now();
+        server.shutdown(Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(engine.is_stopped(), "stopped by the reactor on its way out");
+        assert_eq!(engine.held(), 0);
+        drop(s);
     }
 }

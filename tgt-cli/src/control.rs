@@ -39,9 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use iscsi_target::registry::{
-    LunBackend, LunInfo, LunStats, MAX_LUNS, Registry, TargetAuth, TargetNode,
-};
+use iscsi_target::registry::{LunBackend, LunStats, MAX_LUNS, Registry, TargetAuth, TargetNode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -50,7 +48,7 @@ use crate::config::{
     MIN_SECRET_LEN, TargetSection, Validated, check_backing_store, parse_bstype, parse_size,
     physical_block_exponent, validate_iscsi_name,
 };
-use crate::daemon::{lu_config, open_store};
+use crate::daemon::{lu_config, lun_backend, open_store};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -920,28 +918,11 @@ impl<'a> Control<'a> {
             }
             e
         };
-        let store = open_store(&l).map_err(|e| undo(format!("--backing-store: {e:#}")))?;
-        let cfg = lu_config(tid, &l, &*store);
-        let info = LunInfo {
-            number: l.lun as u16,
-            bstype: l.bstype.as_str().to_string(),
-            path: l.path.clone(),
-            size: store.size(),
-            block_size: l.block_size,
-            readonly: l.readonly,
-            removable: l.removable,
-            thin: l.thin,
-        };
+        let lun = open_store(&l).map_err(|e| undo(format!("--backing-store: {e:#}")))?;
+        let cfg = lu_config(tid, &l, &**lun.store());
         // scsi-core raises REPORTED LUNS DATA HAS CHANGED on the other LUNs.
-        node.add_lun(
-            LunBackend {
-                info,
-                store,
-                stats: LunStats::default(),
-            },
-            cfg,
-        )
-        .map_err(|e| undo(format!("--lun {}: {e}", l.lun)))?;
+        node.add_lun(lun_backend(&l, &lun), cfg)
+            .map_err(|e| undo(format!("--lun {}: {e}", l.lun)))?;
         self.config = next;
         Ok(Value::Null)
     }

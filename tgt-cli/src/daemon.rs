@@ -27,7 +27,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Opens a LUN's backing store as its spec says, through [`LunStore::open`]: files are
 /// created sparse at `size` when missing (never for a read-only LUN), `aio` falls back to
 /// buffered I/O where `O_DIRECT` is refused, `nbd` connects to the server at the URL.
-pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
+pub fn open_store(spec: &LunSpec) -> Result<LunStore> {
     let path = spec.path.as_deref();
     if spec.bstype.is_file() {
         let p = path.ok_or_else(|| anyhow!("no backing_store path"))?;
@@ -43,8 +43,28 @@ pub fn open_store(spec: &LunSpec) -> Result<Arc<dyn BackingStore>> {
         block_size: spec.block_size,
         ..OpenOptions::default()
     };
-    let lun = LunStore::open(spec.bstype, path.map(Path::new), &opts)?;
-    Ok(lun.store().clone())
+    Ok(LunStore::open(spec.bstype, path.map(Path::new), &opts)?)
+}
+
+/// The registry's view of an opened LUN: its description for `show` and `config save`,
+/// the store, and its asynchronous engine if it has one (rbd).
+pub fn lun_backend(spec: &LunSpec, lun: &LunStore) -> LunBackend {
+    let store = lun.store().clone();
+    LunBackend {
+        info: LunInfo {
+            number: spec.lun as u16,
+            bstype: spec.bstype.as_str().to_string(),
+            path: spec.path.clone(),
+            size: store.size(),
+            block_size: spec.block_size,
+            readonly: spec.readonly,
+            removable: spec.removable,
+            thin: spec.thin,
+        },
+        store,
+        stats: LunStats::default(),
+        engine: LunBackend::engine_of(lun),
+    }
 }
 
 /// Builds one LU's scsi-core configuration: the library's defaults
@@ -67,27 +87,10 @@ pub fn add_target(registry: &Registry, t: &TargetSpec) -> Result<()> {
         outgoing: t.outgoing.clone(),
     });
     for l in &t.luns {
-        let store = open_store(l).with_context(|| format!("target {} lun {}", t.tid, l.lun))?;
-        let cfg = lu_config(t.tid, l, &*store);
-        let info = LunInfo {
-            number: l.lun as u16,
-            bstype: l.bstype.as_str().to_string(),
-            path: l.path.clone(),
-            size: store.size(),
-            block_size: l.block_size,
-            readonly: l.readonly,
-            removable: l.removable,
-            thin: l.thin,
-        };
-        node.add_lun(
-            LunBackend {
-                info,
-                store,
-                stats: LunStats::default(),
-            },
-            cfg,
-        )
-        .map_err(|e| anyhow!("target {} lun {}: {e}", t.tid, l.lun))?;
+        let lun = open_store(l).with_context(|| format!("target {} lun {}", t.tid, l.lun))?;
+        let cfg = lu_config(t.tid, l, &**lun.store());
+        node.add_lun(lun_backend(l, &lun), cfg)
+            .map_err(|e| anyhow!("target {} lun {}: {e}", t.tid, l.lun))?;
     }
     registry.add_target(node).map_err(|e| anyhow!("{e}"))?;
     Ok(())

@@ -8,7 +8,12 @@
 //! - on a 3-OSD cluster (pool size 3, min_size 2), I/O through the target goes on while one
 //!   OSD is `kill -9`'d, and everything acknowledged reads back;
 //! - zero-length READ/WRITE/VERIFY/COMPARE AND WRITE do not reach librbd (a zero-length
-//!   read with a null buffer aborts the process).
+//!   read with a null buffer aborts the process);
+//! - the mio runtime keeps requests in flight on librbd's asynchronous calls, not one per
+//!   I/O thread: with `io_threads = 1` and an OSD that delays every client message, 32
+//!   commands sent together finish in about one delay, not 32; a connection that drops
+//!   with requests in librbd and `lun delete` during I/O leave the daemon serving and
+//!   the image closed.
 //!
 //! Clusters come from `scripts/ceph-test-cluster.sh` (memstore OSDs on 127.0.0.1, no
 //! ceph-mgr): one single-OSD cluster shared by this test binary, started by the first test
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::ceph::{Cluster, have_ceph, say, shared};
-use common::client::{Client, rw16, sense_code};
+use common::client::{Client, Got, rw16, sense_code};
 use common::*;
 
 use iscsi_proto::session::initiator::CommandSpec;
@@ -634,4 +639,140 @@ fn mio_zero_length_commands_on_rbd() {
 #[test]
 fn threads_zero_length_commands_on_rbd() {
     zero_length_commands("threads");
+}
+
+// ---------------------------------------------------------------------------------------
+// e. Requests in flight on librbd's asynchronous calls, beyond the reactor's I/O threads.
+
+/// The most the OSD holds each client message (Ceph's `ms_inject_delay_max`), seconds.
+const OSD_DELAY: f64 = 0.2;
+
+/// Sends `n` 4 KiB commands at once from LBA `base` (reads, and writes every other one,
+/// half of them FUA); returns the ITTs.
+fn send_batch(c: &mut Client, n: u64, base: u64) -> Vec<u32> {
+    let data = vec![0x5a; 4096];
+    (0..n)
+        .map(|i| {
+            let lba = base + i * 8;
+            let spec_cdb;
+            let spec = if i % 2 == 0 {
+                spec_cdb = rw16(0x88, lba, 8, false);
+                CommandSpec::read(LUN, &spec_cdb, 4096)
+            } else {
+                spec_cdb = rw16(0x8a, lba, 8, i % 4 == 1);
+                CommandSpec::write(LUN, &spec_cdb, 4096, &data)
+            };
+            c.send(&spec).expect("send")
+        })
+        .collect()
+}
+
+/// Waits for the status of every command of `itts`, which must be GOOD.
+fn wait_batch(c: &mut Client, mut itts: Vec<u32>) {
+    while !itts.is_empty() {
+        let (itt, st) = match c.next().expect("response") {
+            Got::Status(itt, st, _) => (itt, Some(st)),
+            Got::Data(itt, _, _, st) => (itt, st),
+            Got::Other => continue,
+        };
+        if let Some(st) = st {
+            assert_eq!(st, 0, "command {itt:#x}");
+            itts.retain(|&t| t != itt);
+        }
+    }
+}
+
+/// [`send_batch`], then [`wait_batch`].
+fn batch(c: &mut Client, n: u64, base: u64) {
+    let itts = send_batch(c, n, base);
+    wait_batch(c, itts);
+}
+
+fn ceph_set(cl: &Cluster, key: &str, value: &str) {
+    let args = ["tell", "osd.0", "config", "set", key, value];
+    if let Err(e) = cl.try_run("ceph", &args) {
+        panic!("ceph {args:?}: {e}");
+    }
+}
+
+#[test]
+fn mio_keeps_more_rbd_requests_in_flight_than_it_has_io_threads() {
+    if !have_ceph() {
+        return;
+    }
+    // A cluster of its own: the delay would slow the other tests down.
+    let cl = Cluster::start(1, "inflight");
+    let image = cl.image("inflight", 16);
+    let dir = tempdir();
+    let port = free_port();
+    let cfg_path = dir.path().join("target.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[daemon]\nlisten = [\"127.0.0.1:{port}\"]\nruntime = \"mio\"\nreactors = 1\n\
+             io_threads = 1\n\n{}",
+            config(&cl.backing_store(&image))
+        ),
+    )
+    .unwrap();
+    // The OSD delays messages on connections made after this (the daemon's).
+    for (k, v) in [
+        ("ms_inject_delay_type", "client"),
+        ("ms_inject_delay_probability", "1"),
+        ("ms_inject_delay_max", &OSD_DELAY.to_string()),
+    ] {
+        ceph_set(&cl, k, v);
+    }
+    let d = Daemon::start_on(dir.path(), &cfg_path, port);
+    let mut c = login(&d, 1);
+    batch(&mut c, 32, 0);
+    // With one I/O thread doing blocking calls the 32 commands would run one after
+    // another: 32 delays of up to 0.2 s each, 3.2 s expected (and 2.2 s is more than five
+    // standard deviations below). In flight together they take about one delay.
+    let mut times = Vec::new();
+    for round in 0..3u64 {
+        let t = Instant::now();
+        batch(&mut c, 32, 1024 + round * 512);
+        times.push(t.elapsed());
+    }
+    let best = *times.iter().min().unwrap();
+    assert!(
+        best < Duration::from_millis(1200),
+        "32 commands at once took {times:?} with io_threads = 1 and an OSD delay of up to \
+         {OSD_DELAY} s: they did not run concurrently"
+    );
+    say(&format!(
+        "mio, io_threads = 1, OSD delay up to {OSD_DELAY} s: 32 commands sent together done in \
+         {times:?} (one after another: ~3.2 s)"
+    ));
+
+    // The connection drops with 32 requests in librbd: the daemon keeps serving.
+    let itts = send_batch(&mut c, 32, 4096);
+    assert_eq!(itts.len(), 32);
+    drop(c);
+    let mut c = login(&d, 2);
+    batch(&mut c, 8, 6000);
+
+    // LUN delete while requests are in flight: they end (GOOD, or the session is logged
+    // out), the daemon serves on, and the image is closed (no watcher left) soon after.
+    let _ = send_batch(&mut c, 32, 8192);
+    d.ok(&["lun", "delete", "--tid", "1", "--lun", "1", "--force"]);
+    drop(c);
+    ceph_set(&cl, "ms_inject_delay_max", "0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rm = cl.try_run(
+            "rbd",
+            &["rm", "--no-progress", &format!("{}/{image}", cl.pool)],
+        );
+        match rm {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the deleted LUN's image is still open: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop_ok(d, "daemon");
 }

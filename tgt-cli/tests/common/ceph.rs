@@ -100,21 +100,26 @@ impl Cluster {
         }
     }
 
-    /// Runs `rbd -c CONF ARGS`, which must succeed; its stdout.
-    pub fn rbd(&self, args: &[&str]) -> String {
-        let out = Command::new("rbd")
+    /// Runs `TOOL -c CONF ARGS` (`rbd`, `ceph`): its stdout, or its stderr if it failed.
+    pub fn try_run(&self, tool: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(tool)
             .env("PATH", "/usr/bin:/bin")
             .arg("-c")
             .arg(&self.conf)
             .args(args)
             .output()
-            .expect("run rbd");
-        assert!(
-            out.status.success(),
-            "rbd {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs `rbd -c CONF ARGS`, which must succeed; its stdout.
+    pub fn rbd(&self, args: &[&str]) -> String {
+        self.try_run("rbd", args)
+            .unwrap_or_else(|e| panic!("rbd {args:?} failed: {e}"))
     }
 
     /// A new image of `mib` MiB with a name unique to this run.
