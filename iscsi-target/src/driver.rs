@@ -674,6 +674,16 @@ impl Slot {
         self.zero_copy = None;
     }
 
+    /// Takes the previous task's buffer as `buf`, contents and all, if `buf` holds nothing
+    /// yet and the spare is at least `len` bytes long; returns whether it did.
+    fn reuse_spare(&mut self, len: usize) -> bool {
+        let ok = self.buf.capacity() == 0 && self.spare.len() >= len;
+        if ok {
+            self.buf = std::mem::take(&mut self.spare);
+        }
+        ok
+    }
+
     /// Makes `buf` at least `len` bytes; bytes this task has not written read as zero.
     fn grow(&mut self, len: usize) {
         if self.buf.capacity() == 0 {
@@ -698,8 +708,7 @@ impl Slot {
             self.write_len
         };
         let total = (write_len as usize).max(end);
-        if self.buf.capacity() == 0 && self.spare.len() >= total {
-            self.buf = std::mem::take(&mut self.spare);
+        if self.reuse_spare(total) {
             self.buf.truncate(total);
         } else {
             self.grow(end);
@@ -709,9 +718,7 @@ impl Slot {
     /// Makes `buf` at least `len` bytes for a READ, which fills the first `len` bytes (the
     /// rest is never sent); reuses the previous task's buffer without zeroing it.
     fn grow_for_read(&mut self, len: usize) {
-        if self.buf.capacity() == 0 && self.spare.len() >= len {
-            self.buf = std::mem::take(&mut self.spare);
-        } else {
+        if !self.reuse_spare(len) {
             self.grow(len);
         }
     }
@@ -914,19 +921,6 @@ pub enum Payload<'a> {
 }
 
 impl Payload<'_> {
-    /// Length of the data.
-    pub fn len(&self) -> usize {
-        match self {
-            Payload::Bytes(b) => b.len(),
-            Payload::Store { len, .. } => *len,
-        }
-    }
-
-    /// Whether there is no data.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The bytes that follow the data (padding; a data digest only for [`Payload::Bytes`]).
     pub fn trailer(&self, d: &TaskData) -> DataTrailer {
         match self {
@@ -1749,6 +1743,15 @@ impl Driver {
         g.drain_actions(b.nexus, &mut self.actions);
     }
 
+    /// Answers `task`'s I/O request at once, with no job run, and takes scsi-core's
+    /// follow-up actions.
+    fn complete_io_now(&mut self, lun: Lun, task: TaskId, result: scsi_core::IoResult) {
+        let Some(b) = &self.bound else { return };
+        let mut g = b.target.scsi();
+        let _ = g.target().complete_io(lun, task, result);
+        g.drain_actions(b.nexus, &mut self.actions);
+    }
+
     fn handle_action(&mut self, a: TargetAction) {
         let task = match a.action {
             Action::Io(r) => r.task,
@@ -1814,11 +1817,7 @@ impl Driver {
                     _ => b.target.backend(a.lun).map(|d| (d, None)),
                 };
                 let Some((backend, copy_src)) = ends else {
-                    let mut g = b.target.scsi();
-                    let _ = g
-                        .target()
-                        .complete_io(a.lun, task, scsi_core::IoResult::NotReady);
-                    g.drain_actions(b.nexus, &mut self.actions);
+                    self.complete_io_now(a.lun, task, scsi_core::IoResult::NotReady);
                     return;
                 };
                 let slot = &mut self.slots[i];
@@ -1827,19 +1826,10 @@ impl Driver {
                     _ => 0,
                 };
                 if need > MAX_TASK_BUFFER {
-                    let mut g = b.target.scsi();
-                    let _ = g
-                        .target()
-                        .complete_io(a.lun, task, scsi_core::IoResult::Failed);
-                    g.drain_actions(b.nexus, &mut self.actions);
+                    self.complete_io_now(a.lun, task, scsi_core::IoResult::Failed);
                     return;
                 }
-                if matches!(req.op, scsi_core::IoOp::Read) {
-                    slot.grow_for_read(need);
-                } else {
-                    slot.grow(need);
-                }
-                if matches!(req.op, scsi_core::IoOp::Read) {
+                if req.op == scsi_core::IoOp::Read {
                     slot.data_in = req.transfer_len.min(slot.read_len);
                     if self.zero_copy_reads
                         && slot.simple
@@ -1857,11 +1847,12 @@ impl Driver {
                             .zero_copy_reads
                             .fetch_add(1, Ordering::Relaxed);
                         slot.zero_copy = Some((backend, req.byte_offset()));
-                        let mut g = b.target.scsi();
-                        let _ = g.target().complete_io(a.lun, task, scsi_core::IoResult::Ok);
-                        g.drain_actions(b.nexus, &mut self.actions);
+                        self.complete_io_now(a.lun, task, scsi_core::IoResult::Ok);
                         return;
                     }
+                    slot.grow_for_read(need);
+                } else {
+                    slot.grow(need);
                 }
                 slot.in_io = true;
                 self.jobs.push_back(IoJob {

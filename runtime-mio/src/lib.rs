@@ -403,14 +403,12 @@ fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared) {
 }
 
 /// One PDU of a vectored batch: its header and trailer bytes are ranges of `Conn::hdrs`; its
-/// data stays in the task buffer until the `writev` (or in the store, for `sendfile`).
+/// data stays in the task buffer until the `writev`. (A PDU whose data is a store range has
+/// no data here: the range and its trailer wait in `Conn::out_store` / `out_after`.)
 #[derive(Clone, Copy)]
 struct Piece {
     hdr: (usize, usize),
     data: Option<TaskData>,
-    /// The data is a store range ([`Payload::Store`]): it goes out with `sendfile` after the
-    /// `writev` of the batch, which this piece ends.
-    from_store: bool,
     trailer: (usize, usize),
 }
 
@@ -841,8 +839,7 @@ fn transmit(c: &mut Conn, now: Timestamp) {
     while !c.pending() && !c.peer_closed {
         c.hdrs.clear();
         c.pieces.clear();
-        let mut ends_in_store = false;
-        while c.pieces.len() < WRITEV_PDUS && !ends_in_store {
+        while c.pieces.len() < WRITEV_PDUS && c.out_store.is_none() {
             let Some(o) = c.driver.poll_transmit(now) else {
                 break;
             };
@@ -850,36 +847,49 @@ fn transmit(c: &mut Conn, now: Timestamp) {
             c.hdrs
                 .extend_from_slice(&c.driver.header_buf()[..o.header_len]);
             let h1 = c.hdrs.len();
+            let mut data = o.data;
             if let Some(d) = o.data {
                 let payload = c.driver.payload(&d);
-                ends_in_store = matches!(payload, Payload::Store { .. });
-                c.hdrs.extend_from_slice(payload.trailer(&d).as_bytes());
+                if let Payload::Store {
+                    backend,
+                    offset,
+                    len,
+                } = payload
+                {
+                    // The range and its trailer follow this batch's writev.
+                    c.out_store = Some(StoreOut {
+                        backend: backend.clone(),
+                        offset,
+                        len,
+                    });
+                    c.out_after
+                        .extend_from_slice(payload.trailer(&d).as_bytes());
+                    data = None;
+                } else {
+                    c.hdrs.extend_from_slice(payload.trailer(&d).as_bytes());
+                }
             }
             c.pieces.push(Piece {
                 hdr: (h0, h1),
-                data: o.data,
-                from_store: ends_in_store,
+                data,
                 trailer: (h1, c.hdrs.len()),
             });
         }
         if c.pieces.is_empty() {
             break;
         }
+        let ends_in_store = c.out_store.is_some();
         let full = c.pieces.len() == WRITEV_PDUS || ends_in_store;
         let mut iov = [IoSlice::new(&[]); 3 * WRITEV_PDUS];
         let mut n_iov = 0;
         let mut total = 0;
         for p in &c.pieces {
-            let (data, trailer) = if p.from_store {
-                // Data and trailer follow the writev.
-                (&[][..], &[][..])
-            } else {
-                (
-                    p.data.map(|d| c.driver.task_data(&d)).unwrap_or(&[]),
-                    &c.hdrs[p.trailer.0..p.trailer.1],
-                )
-            };
-            for part in [&c.hdrs[p.hdr.0..p.hdr.1], data, trailer] {
+            let data = p.data.map(|d| c.driver.task_data(&d)).unwrap_or(&[]);
+            for part in [
+                &c.hdrs[p.hdr.0..p.hdr.1],
+                data,
+                &c.hdrs[p.trailer.0..p.trailer.1],
+            ] {
                 if !part.is_empty() {
                     iov[n_iov] = IoSlice::new(part);
                     n_iov += 1;
@@ -929,28 +939,9 @@ fn transmit(c: &mut Conn, now: Timestamp) {
                 skip = 0;
             }
         }
-        if ends_in_store {
-            let last = c.pieces[c.pieces.len() - 1];
-            if let Some(d) = last.data {
-                if let Payload::Store {
-                    backend,
-                    offset,
-                    len,
-                } = c.driver.payload(&d)
-                {
-                    c.out_store = Some(StoreOut {
-                        backend: backend.clone(),
-                        offset,
-                        len,
-                    });
-                    c.out_after
-                        .extend_from_slice(&c.hdrs[last.trailer.0..last.trailer.1]);
-                }
-            }
-            if written == total && c.send_store() {
-                // Sent whole: the trailer (padding, if any) goes next.
-                std::mem::swap(&mut c.out, &mut c.out_after);
-            }
+        if ends_in_store && written == total && c.send_store() {
+            // Sent whole: the trailer (padding, if any) goes next.
+            std::mem::swap(&mut c.out, &mut c.out_after);
         }
         if c.pending() || !full {
             break;

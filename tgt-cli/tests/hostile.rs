@@ -1202,34 +1202,12 @@ fn half_open(rt: &str) {
         for _ in 0..N {
             socks.push(TcpStream::connect(("127.0.0.1", d.port)).unwrap());
         }
-        // Those beyond max_connections_per_initiator (64) are closed at once.
-        let mut open = Vec::new();
+        // Those beyond max_connections_per_initiator (64) are closed at once. Keeps the
+        // ones still open, counting the others.
         let mut refused = 0;
-        for mut s in socks {
-            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-            let mut b = [0u8; 1];
-            match s.read(&mut b) {
-                Ok(0) => refused += 1,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    open.push(s)
-                }
-                Err(_) => refused += 1,
-                Ok(_) => panic!("the target sent something to a silent connection"),
-            }
-        }
-        // Stragglers not yet refused when polled (the accept backlog drains more slowly
-        // on a loaded machine): look again until 63 remain, for up to 10 s.
-        let settle = Instant::now() + Duration::from_secs(10);
-        let mut still = open;
-        loop {
-            std::thread::sleep(Duration::from_millis(250));
-            let mut next = Vec::new();
-            for mut s in still {
+        let mut sift = |socks: Vec<TcpStream>| -> Vec<TcpStream> {
+            let mut open = Vec::new();
+            for mut s in socks {
                 s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
                 let mut b = [0u8; 1];
                 match s.read(&mut b) {
@@ -1239,13 +1217,21 @@ fn half_open(rt: &str) {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
-                        next.push(s)
+                        open.push(s)
                     }
                     Ok(0) | Err(_) => refused += 1,
                     Ok(_) => panic!("the target sent something to a silent connection"),
                 }
             }
-            still = next;
+            open
+        };
+        let mut still = sift(socks);
+        // Stragglers not yet refused when polled (the accept backlog drains more slowly
+        // on a loaded machine): look again until 63 remain, for up to 10 s.
+        let settle = Instant::now() + Duration::from_secs(10);
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            still = sift(still);
             if still.len() <= 63 || Instant::now() > settle {
                 break;
             }
