@@ -390,26 +390,106 @@ where
         buf: &'a [u8],
         hooks: &mut H,
     ) -> Result<Ingress<'a>, ConnError> {
+        if let Some(gate) = self.input_gate() {
+            return gate;
+        }
+        let (Status::Complete(total), Status::Complete(head)) = (
+            wire::pdu_len(buf, self.digests),
+            wire::header_wire_len(buf, self.digests),
+        ) else {
+            return Ok(Ingress::NeedMore);
+        };
+        if buf.len() < total {
+            return Ok(Ingress::NeedMore);
+        }
+        self.input_pdu(now, &buf[..head], &buf[head..total], hooks)
+    }
+
+    /// [`Connection::handle_input`] for one whole PDU received in two pieces: `header` is
+    /// its BHS, AHS and header digest ([`wire::header_wire_len`] bytes) and `rest` its
+    /// data segment with the padding and data digest that follow, as long as the header
+    /// declares (otherwise the answer is `NeedMore` and nothing is consumed). A runtime
+    /// uses it to receive a large data segment straight into a task buffer (see
+    /// [`Connection::data_out_destination`]); an [`Ingress::Data`] then borrows `rest`.
+    pub fn handle_split<'a, H: Hooks>(
+        &mut self,
+        now: Timestamp,
+        header: &'a [u8],
+        rest: &'a [u8],
+        hooks: &mut H,
+    ) -> Result<Ingress<'a>, ConnError> {
+        if let Some(gate) = self.input_gate() {
+            return gate;
+        }
+        self.input_pdu(now, header, rest, hooks)
+    }
+
+    /// Where the data of the Data-Out whose header (BHS, AHS, header digest) is `header`
+    /// will land if the PDU is accepted: its task and buffer offset. `Some` only for the
+    /// very next Data-Out that task expects, in order (DataSN, offset and F bit) within an
+    /// open burst and with a valid header digest, so `[offset, offset + len)` of the task's
+    /// buffer holds nothing accepted yet: a runtime may receive the data segment there
+    /// before handing the PDU to [`Connection::handle_split`], which makes the decision.
+    pub fn data_out_destination(&self, header: &[u8]) -> Option<(TaskHandle, u32)> {
+        if self.phase != Phase::FullFeature {
+            return None;
+        }
+        let bhs = wire::Bhs::new_checked(header).ok()?;
+        let header_len = bhs.header_len();
+        if bhs.opcode() != wire::Opcode::DataOut
+            || header.len() != header_len + self.digests.header_len()
+        {
+            return None;
+        }
+        if self.digests.header {
+            let received = u32::from_le_bytes(header[header_len..].try_into().ok()?);
+            if received != crate::digest::header_digest(&header[..header_len]) {
+                return None;
+            }
+        }
+        let len = bhs.data_segment_len();
+        if len > self.params.max_recv_data_segment_length {
+            return None;
+        }
+        let d = DataOut::parse(&bhs, &header[BHS_LEN..header_len], &[]).ok()?;
+        let handle = self.tasks.find_itt(d.itt)?;
+        self.tasks
+            .get(handle)?
+            .expects_data_out(d.ttt, d.data_sn, d.buffer_offset, len, d.final_bit)
+            .then_some((handle, d.buffer_offset))
+    }
+
+    /// Input is refused while the connection is closing, and held back while the queues
+    /// lack room for what one PDU may add.
+    fn input_gate<'a>(&self) -> Option<Result<Ingress<'a>, ConnError>> {
         match self.phase {
-            Phase::Draining(r) | Phase::Closed(r) => return Err(ConnError::Closed(r)),
+            Phase::Draining(r) | Phase::Closed(r) => return Some(Err(ConnError::Closed(r))),
             Phase::Login | Phase::FullFeature => {}
         }
         if self.events.capacity() - self.events.len() < EVENTS_PER_PDU
             || self.ctrl.capacity() - self.ctrl.len() < CONTROL_PER_PDU
         {
-            return Ok(Ingress::Blocked);
+            return Some(Ok(Ingress::Blocked));
         }
-        let total = match wire::pdu_len(buf, self.digests) {
-            Status::Partial => return Ok(Ingress::NeedMore),
-            Status::Complete(n) => n,
+        None
+    }
+
+    /// One whole PDU: its header (BHS, AHS, header digest) and the rest.
+    fn input_pdu<'a, H: Hooks>(
+        &mut self,
+        now: Timestamp,
+        head: &'a [u8],
+        rest: &'a [u8],
+        hooks: &mut H,
+    ) -> Result<Ingress<'a>, ConnError> {
+        let total = head.len() + rest.len();
+        let header = copy_header(head);
+        let parsed = match Pdu::parse_split(head, rest, self.digests) {
+            Err(Error::Truncated) => return Ok(Ingress::NeedMore),
+            parsed => parsed,
         };
-        if buf.len() < total {
-            return Ok(Ingress::NeedMore);
-        }
         self.last_rx = now;
-        let header = copy_header(buf);
-        let parsed = Pdu::parse(buf, self.digests);
-        let (pdu, consumed) = match parsed {
+        let pdu = match parsed {
             Ok(p) => p,
             Err(Error::HeaderDigest { .. }) => {
                 return Err(self.close_now(CloseReason::HeaderDigest));
@@ -419,22 +499,22 @@ where
                     header: self.digests.header,
                     data: false,
                 };
-                return match Pdu::parse(buf, relaxed) {
-                    Ok((pdu, _)) => self.data_digest_error(pdu, header, total),
+                let without_digest = &rest[..rest.len().saturating_sub(crate::digest::DIGEST_LEN)];
+                return match Pdu::parse_split(head, without_digest, relaxed) {
+                    Ok(pdu) => self.data_digest_error(pdu, header, total),
                     Err(e) => self.bad_pdu(e, header, total),
                 };
             }
-            Err(Error::Truncated) => return Ok(Ingress::NeedMore),
             Err(e) => return self.bad_pdu(e, header, total),
         };
         if self.phase == Phase::Login {
-            return self.login_input(now, pdu, consumed, hooks);
+            return self.login_input(now, pdu, total, hooks);
         }
         if pdu.data().len() > self.params.max_recv_data_segment_length as usize {
             self.reject(RejectReason::ProtocolError, header);
-            return Ok(Ingress::Done { consumed });
+            return Ok(Ingress::Done { consumed: total });
         }
-        self.full_feature_input(now, pdu, header, consumed, hooks)
+        self.full_feature_input(now, pdu, header, total, hooks)
     }
 
     fn bad_pdu<'a>(

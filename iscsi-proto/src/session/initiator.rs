@@ -28,7 +28,7 @@
 use crate::wire::{
     DataOut, Digests, Error, LoginRequest, LogoutReason, LogoutRequest, NopOut, Pdu, RESERVED_TAG,
     ScsiCommand, ScsiCommandFlags, Stage, TaskAttr, TaskMgmtRequest, TextFlags, TextRequest,
-    TmfFunction, emit_pdu,
+    TmfFunction, emit_header, emit_pdu,
 };
 
 /// Write `key=value\0` pairs into `out`; returns the length, or `None` if `out` is too
@@ -232,6 +232,26 @@ impl Initiator {
         out: &mut [u8],
         spec: &CommandSpec<'_>,
     ) -> Result<(u32, usize), Error> {
+        self.emit_command(out, spec, true)
+    }
+
+    /// Like [`Initiator::command`], but writes only the header (BHS, AHS and header
+    /// digest), declaring `spec.data.len()` bytes of immediate data: the caller sends
+    /// the data from its own buffer next, then a [`DataTrailer`](crate::wire::DataTrailer).
+    pub fn command_header(
+        &mut self,
+        out: &mut [u8],
+        spec: &CommandSpec<'_>,
+    ) -> Result<(u32, usize), Error> {
+        self.emit_command(out, spec, false)
+    }
+
+    fn emit_command(
+        &mut self,
+        out: &mut [u8],
+        spec: &CommandSpec<'_>,
+        with_data: bool,
+    ) -> Result<(u32, usize), Error> {
         let itt = self.next_itt();
         let mut flags = ScsiCommandFlags::empty();
         flags.set(ScsiCommandFlags::FINAL, spec.final_bit);
@@ -252,7 +272,12 @@ impl Initiator {
             data: spec.data,
         };
         cmd.set_cdb(spec.cdb)?;
-        let len = emit_pdu(&Pdu::ScsiCommand(cmd), self.digests, out)?;
+        let pdu = Pdu::ScsiCommand(cmd);
+        let len = if with_data {
+            emit_pdu(&pdu, self.digests, out)?
+        } else {
+            emit_header(&pdu, spec.data.len(), self.digests, out)?
+        };
         let _ = self.take_cmd_sn(spec.immediate);
         Ok((itt, len))
     }
@@ -270,17 +295,50 @@ impl Initiator {
         data: &[u8],
         final_bit: bool,
     ) -> Result<usize, Error> {
-        let pdu = Pdu::DataOut(DataOut {
+        let pdu = self.data_out_pdu(itt, ttt, lun, data_sn, offset, data, final_bit);
+        emit_pdu(&pdu, self.digests, out)
+    }
+
+    /// Like [`Initiator::data_out`], but writes only the header, declaring `data_len`
+    /// bytes of data that the caller sends from its own buffer next (then a
+    /// [`DataTrailer`](crate::wire::DataTrailer)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn data_out_header(
+        &mut self,
+        out: &mut [u8],
+        itt: u32,
+        ttt: u32,
+        lun: u64,
+        data_sn: u32,
+        offset: u32,
+        data_len: usize,
+        final_bit: bool,
+    ) -> Result<usize, Error> {
+        let pdu = self.data_out_pdu(itt, ttt, lun, data_sn, offset, &[], final_bit);
+        emit_header(&pdu, data_len, self.digests, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn data_out_pdu<'d>(
+        &self,
+        itt: u32,
+        ttt: u32,
+        lun: u64,
+        data_sn: u32,
+        buffer_offset: u32,
+        data: &'d [u8],
+        final_bit: bool,
+    ) -> Pdu<'d> {
+        Pdu::DataOut(DataOut {
             final_bit,
             lun,
             itt,
             ttt,
             exp_stat_sn: self.exp_stat_sn,
             data_sn,
-            buffer_offset: offset,
+            buffer_offset,
             data,
-        });
-        emit_pdu(&pdu, self.digests, out)
+        })
     }
 
     /// Write a NOP-Out. `itt` = [`RESERVED_TAG`] with `ttt` of a target ping answers that
@@ -420,6 +478,45 @@ mod tests {
         assert_eq!(find_key(&out[..n], "Key"), Some("v"));
         assert_eq!(find_key(&out[..n], "B"), None);
         assert_eq!(write_text(&mut out[..5], &[("Key", "v")]), None);
+    }
+
+    #[test]
+    fn header_only_emitters_match_whole_pdus() {
+        use crate::wire::DataTrailer;
+        for digests in [
+            Digests::NONE,
+            Digests {
+                header: true,
+                data: true,
+            },
+        ] {
+            let data = [0xa5u8; 10]; // padded to 12 on the wire
+            let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+            let spec = CommandSpec::write(0, &cdb, 512, &data);
+            let (mut a, mut b) = (Initiator::new([0; 6], 1), Initiator::new([0; 6], 1));
+            a.set_digests(digests);
+            b.set_digests(digests);
+            let (mut whole, mut split) = ([0u8; 128], [0u8; 128]);
+            let (itt, n) = a.command(&mut whole, &spec).unwrap();
+            let (itt2, h) = b.command_header(&mut split, &spec).unwrap();
+            assert_eq!(itt, itt2);
+            assert_eq!(a.cmd_sn(), b.cmd_sn());
+            let mut joined = split[..h].to_vec();
+            joined.extend_from_slice(&data);
+            joined.extend_from_slice(DataTrailer::new(&data, digests).as_bytes());
+            assert_eq!(&whole[..n], &joined[..]);
+
+            let n = a
+                .data_out(&mut whole, itt, 9, 0, 0, 10, &data, true)
+                .unwrap();
+            let h = b
+                .data_out_header(&mut split, itt, 9, 0, 0, 10, data.len(), true)
+                .unwrap();
+            let mut joined = split[..h].to_vec();
+            joined.extend_from_slice(&data);
+            joined.extend_from_slice(DataTrailer::new(&data, digests).as_bytes());
+            assert_eq!(&whole[..n], &joined[..]);
+        }
     }
 
     #[test]

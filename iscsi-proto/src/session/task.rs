@@ -408,6 +408,43 @@ impl Task {
         self.r2ts.iter().any(|r| !r.sent)
     }
 
+    /// Whether [`Task::accept_data_out`] would take a Data-Out with these fields in order
+    /// and deliver its data: the task is not closing, and the PDU is the next one of an
+    /// open burst (DataSN, offset), ends inside it and carries the F bit exactly at its
+    /// end. Its data then fills `[offset, offset + len)`, which nothing accepted has
+    /// filled yet.
+    pub(crate) fn expects_data_out(
+        &self,
+        ttt: u32,
+        data_sn: u32,
+        offset: u32,
+        len: u32,
+        final_bit: bool,
+    ) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        if self.closing {
+            return false;
+        }
+        if ttt == RESERVED_TAG {
+            return self.unsol_open
+                && data_sn == self.unsol_data_sn
+                && offset == self.unsol_next
+                && end <= self.unsol_limit
+                && (end < self.unsol_limit || final_bit);
+        }
+        self.r2ts.iter().any(|r| {
+            let r2t_end = r.offset + r.len;
+            r.ttt == ttt
+                && r.sent
+                && data_sn == r.next_data_sn
+                && offset == r.offset.wrapping_add(r.received)
+                && end <= r2t_end
+                && (end == r2t_end) == final_bit
+        })
+    }
+
     /// Validate one Data-Out PDU and account for it.
     pub(crate) fn accept_data_out(
         &mut self,

@@ -1522,3 +1522,157 @@ fn connection_footprint_is_fixed() {
     assert!(per_task > MAX_SENSE_LEN && per_task < 1024, "{per_task}");
     std::println!("Connection<8, 8192>: {small} bytes, Connection<64, 8192>: {big} bytes");
 }
+
+impl Pair {
+    /// Feed one whole PDU through `handle_split`, its header and the rest in separate
+    /// buffers; returns the Ingress and whether a delivered payload is `rest` itself.
+    fn send_split(&mut self, pdu: &[u8]) -> (&'static str, bool) {
+        let d = self.t.digests();
+        let wire::Status::Complete(h) = wire::header_wire_len(pdu, d) else {
+            panic!("no header");
+        };
+        let (head, rest) = (pdu[..h].to_vec(), pdu[h..].to_vec());
+        let r = self.t.handle_split(self.now, &head, &rest, &mut self.hooks);
+        let out = match r {
+            Ok(Ingress::Data {
+                consumed,
+                task,
+                offset,
+                data,
+            }) => {
+                assert_eq!(consumed, pdu.len());
+                let off = offset as usize;
+                self.bufs[task.index()][off..off + data.len()].copy_from_slice(data);
+                ("data", data.as_ptr() == rest.as_ptr())
+            }
+            Ok(Ingress::Done { consumed }) => {
+                assert_eq!(consumed, pdu.len());
+                ("done", false)
+            }
+            Ok(Ingress::NeedMore) => ("more", false),
+            Ok(Ingress::Blocked) => ("blocked", false),
+            Err(e) => {
+                self.error = Some(e);
+                ("error", false)
+            }
+        };
+        while let Some(e) = self.t.poll_event() {
+            self.events.push(e);
+        }
+        out
+    }
+}
+
+#[test]
+fn split_input_and_data_out_destination() {
+    for digests in [Digests::NONE, Digests::ALL] {
+        let mut p = Pair::new(config());
+        let mut keys = default_keys();
+        keys.extend([("MaxBurstLength", "4096"), ("MaxOutstandingR2T", "2")]);
+        if digests.header {
+            keys[0] = ("HeaderDigest", "CRC32C");
+            keys[1] = ("DataDigest", "CRC32C");
+        }
+        p.login_normal(&keys);
+        assert_eq!(p.t.digests(), digests);
+        let payload: Vec<u8> = (0..12_288u32).map(|i| (i * 13) as u8).collect();
+        let mut pdu = vec![0u8; 16_384];
+        // A command with immediate data: its payload is delivered from `rest` itself.
+        let spec = CommandSpec::write(0, &WRITE10, 12_288, &payload[..1000]);
+        let (itt, n) = p.ini.command(&mut pdu, &spec).unwrap();
+        assert_eq!(p.send_split(&pdu[..n - 1]), ("more", false));
+        assert_eq!(p.send_split(&pdu[..n]), ("data", true));
+        let cmd = p.command_event();
+        p.t.request_remaining_data(cmd.task).unwrap();
+        let r2ts: Vec<(u32, u32, u32)> = p
+            .recv()
+            .iter()
+            .map(|r| match r.pdu(digests) {
+                Pdu::R2t(r) => (r.ttt, r.buffer_offset, r.desired_len),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(r2ts.len(), 2);
+        let (ttt, off, len) = r2ts[0];
+        assert_eq!((off, len), (1000, 4096));
+        let header_of = |p: &mut Pair, sn: u32, o: u32, n: u32, ttt: u32, fin: bool| {
+            let mut out = vec![0u8; 128];
+            let h = p
+                .ini
+                .data_out_header(&mut out, itt, ttt, 0, sn, o, n as usize, fin)
+                .unwrap();
+            out.truncate(h);
+            out
+        };
+        // Only the next in-order PDU of an open burst gets a destination.
+        let want = Some((cmd.task, off));
+        let h = header_of(&mut p, 0, off, 2048, ttt, false);
+        assert_eq!(p.t.data_out_destination(&h), want);
+        for (sn, o, n, t, fin) in [
+            (1, off, 2048, ttt, false),          // DataSN ahead
+            (0, off + 512, 2048, ttt, false),    // offset ahead
+            (0, off - 512, 2048, ttt, false),    // offset behind (would overwrite)
+            (0, off, 2048, ttt ^ 1, false),      // unknown TTT
+            (0, off, 2048, ttt, true),           // F bit before the burst ends
+            (0, off, 4096 + 512, ttt, true),     // past the burst
+            (0, off, 2048, RESERVED_TAG, false), // no unsolicited burst is open
+        ] {
+            let h = header_of(&mut p, sn, o, n, t, fin);
+            assert_eq!(
+                p.t.data_out_destination(&h),
+                None,
+                "{sn} {o} {n} {t:#x} {fin}"
+            );
+        }
+        let mut h = header_of(&mut p, 0, off, 2048, ttt, false);
+        h[16] ^= 1; // another ITT
+        assert_eq!(p.t.data_out_destination(&h), None);
+        if digests.header {
+            let mut h = header_of(&mut p, 0, off, 2048, ttt, false);
+            *h.last_mut().unwrap() ^= 1;
+            assert_eq!(p.t.data_out_destination(&h), None, "bad header digest");
+        }
+        // The burst in two PDUs through handle_split, each checked first.
+        for (sn, o, n, fin) in [(0, off, 2048, false), (1, off + 2048, 2048, true)] {
+            let h = header_of(&mut p, sn, o, n, ttt, fin);
+            assert_eq!(p.t.data_out_destination(&h), Some((cmd.task, o)));
+            let data = &payload[o as usize..(o + n) as usize];
+            let m = p
+                .ini
+                .data_out(&mut pdu, itt, ttt, 0, sn, o, data, fin)
+                .unwrap();
+            assert_eq!(&pdu[..h.len()], &h[..]);
+            assert_eq!(p.send_split(&pdu[..m]), ("data", true));
+        }
+        // Once the burst is over its headers get no destination.
+        let h = header_of(&mut p, 2, off + 4096, 512, ttt, true);
+        assert_eq!(p.t.data_out_destination(&h), None);
+        // A task being aborted takes no more placed data.
+        let (ttt2, off2, _) = r2ts[1];
+        let h = header_of(&mut p, 0, off2, 4096, ttt2, true);
+        assert_eq!(p.t.data_out_destination(&h), Some((cmd.task, off2)));
+        p.t.abort_task(cmd.task).unwrap();
+        assert_eq!(p.t.data_out_destination(&h), None);
+        assert_eq!(&p.bufs[cmd.task.index()][..5096], &payload[..5096]);
+        assert!(p.error.is_none());
+    }
+}
+
+#[test]
+fn split_input_reports_a_data_digest_error_like_whole_input() {
+    let mut p = Pair::new(config());
+    let mut keys = default_keys();
+    keys[1] = ("DataDigest", "CRC32C");
+    p.login_normal(&keys);
+    let payload = vec![0x77u8; 1000];
+    let mut pdu = vec![0u8; 4096];
+    let spec = CommandSpec::write(0, &WRITE10, 4096, &payload);
+    let (_, n) = p.ini.command(&mut pdu, &spec).unwrap();
+    pdu[n - 1] ^= 0xff; // the data digest
+    assert_eq!(p.send_split(&pdu[..n]), ("done", false));
+    let rx = p.recv();
+    let Pdu::Reject(r) = rx[0].pdu(p.t.digests()) else {
+        panic!("{:?}", rx[0].pdu(p.t.digests()));
+    };
+    assert_eq!(r.reason, RejectReason::DataDigestError);
+}

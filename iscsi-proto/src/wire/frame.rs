@@ -145,6 +145,16 @@ pub fn pdu_len_checked(
     )))
 }
 
+/// The length of the header of the PDU at the start of `buf` (BHS, AHS and header
+/// digest): where its data segment starts. `Partial` while fewer than 48 bytes are
+/// buffered.
+pub fn header_wire_len(buf: &[u8], digests: Digests) -> Status<usize> {
+    match Bhs::new_checked(buf) {
+        Ok(bhs) => Status::Complete(bhs.header_len() + digests.header_len()),
+        Err(_) => Status::Partial,
+    }
+}
+
 fn read_digest(buf: &[u8], at: usize) -> Result<u32, Error> {
     match buf.get(at..at + DIGEST_LEN) {
         Some(&[a, b, c, d]) => Ok(u32::from_le_bytes([a, b, c, d])),
@@ -210,34 +220,51 @@ impl<'a> Pdu<'a> {
     /// [`Error::Truncated`] (use [`pdu_len_checked`] first to know when to call this).
     pub fn parse(buf: &'a [u8], digests: Digests) -> Result<(Pdu<'a>, usize), Error> {
         let bhs = Bhs::new_checked(buf)?;
+        let head = bhs.header_len() + digests.header_len();
+        let total = wire_len(bhs.header_len(), to_usize(bhs.data_segment_len()), digests);
+        let pdu = buf.get(..total).ok_or(Error::Truncated)?;
+        let (header, rest) = pdu.split_at(head);
+        Ok((Self::parse_split(header, rest, digests)?, total))
+    }
+
+    /// Parse one whole PDU received in two pieces: `header` is its BHS, AHS and header
+    /// digest ([`header_wire_len`] bytes), `rest` is its data segment with the padding
+    /// and data digest that follow it, exactly as long as the header declares. This lets
+    /// a receiver place a large data segment straight where it belongs (a task buffer)
+    /// instead of behind the header. Digests are verified as in [`Pdu::parse`]; the AHS
+    /// is borrowed from `header`, the data from `rest`.
+    pub fn parse_split(
+        header: &'a [u8],
+        rest: &'a [u8],
+        digests: Digests,
+    ) -> Result<Pdu<'a>, Error> {
+        let bhs = Bhs::new_checked(header)?;
         let header_len = bhs.header_len();
         let data_len = to_usize(bhs.data_segment_len());
-        let total = wire_len(header_len, data_len, digests);
-        let pdu = buf.get(..total).ok_or(Error::Truncated)?;
-        let header = pdu.get(..header_len).ok_or(Error::Truncated)?;
-        let mut pos = header_len;
+        let padded = data_len + pad_len(data_len);
+        if header.len() != header_len + digests.header_len()
+            || rest.len() != padded + digests.data_len(data_len)
+        {
+            return Err(Error::Truncated);
+        }
+        let (header, received) = header.split_at(header_len);
         if digests.header {
-            let received = read_digest(pdu, pos)?;
+            let received = read_digest(received, 0)?;
             let computed = digest::header_digest(header);
             if received != computed {
                 return Err(Error::HeaderDigest { computed, received });
             }
-            pos += DIGEST_LEN;
         }
-        let padded = data_len + pad_len(data_len);
-        let data_and_pad = pdu.get(pos..pos + padded).ok_or(Error::Truncated)?;
-        let data = data_and_pad.get(..data_len).ok_or(Error::Truncated)?;
-        pos += padded;
+        let (data_and_pad, received) = rest.split_at(padded);
+        let data = &data_and_pad[..data_len];
         if digests.data && data_len > 0 {
-            let received = read_digest(pdu, pos)?;
+            let received = read_digest(received, 0)?;
             let computed = digest::crc32c(data_and_pad);
             if received != computed {
                 return Err(Error::DataDigest { computed, received });
             }
         }
-        let ahs = header.get(BHS_LEN..).unwrap_or(&[]);
-        let pdu = Self::parse_parts(&bhs, ahs, data)?;
-        Ok((pdu, total))
+        Self::parse_parts(&bhs, &header[BHS_LEN..], data)
     }
 
     /// Parse from already separated parts: a checked header, its AHS area and its data

@@ -42,7 +42,8 @@ pub use async_msg::{AsyncEvent, AsyncMessage};
 pub use bhs::{BHS_LEN, Bhs, BhsFields, MAX_DATA_SEGMENT_LEN, Word};
 pub use error::{Blame, Error};
 pub use frame::{
-    DataTrailer, Digests, Pdu, Status, emit_header, emit_pdu, pad_len, pdu_len, pdu_len_checked,
+    DataTrailer, Digests, Pdu, Status, emit_header, emit_pdu, header_wire_len, pad_len, pdu_len,
+    pdu_len_checked,
 };
 pub use login::{LoginFlags, LoginRequest, LoginResponse, LoginStatus, Stage};
 pub use logout::{LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode};
