@@ -21,7 +21,7 @@
 //! Data-Out PDUs sized by the target's MaxRecvDataSegmentLength.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,7 @@ struct Session {
     rx: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
-    tx: Vec<u8>,
+    tx: Tx,
     /// Target's MaxRecvDataSegmentLength: the largest Data-Out / immediate data segment.
     target_mrdsl: u32,
     first_burst: u32,
@@ -156,7 +156,7 @@ impl Session {
             rx: vec![0; 4 << 20],
             rx_start: 0,
             rx_end: 0,
-            tx: Vec::with_capacity(1 << 20),
+            tx: Tx::default(),
             target_mrdsl: 8192,
             first_burst: 65536,
             immediate_data: false,
@@ -332,6 +332,57 @@ impl Session {
     }
 }
 
+/// PDUs queued for the socket: their headers here, their data segments as ranges of the
+/// session's payload buffer, sent with `writev` so no data is copied in user space (the
+/// client's own copies would take CPU from the target it measures on a small machine).
+#[derive(Default)]
+struct Tx {
+    headers: Vec<u8>,
+    /// Per PDU: where its header ends in `headers`, and its data in the payload.
+    pdus: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Tx {
+    fn push(&mut self, header: &[u8], data: std::ops::Range<usize>) {
+        self.headers.extend_from_slice(header);
+        self.pdus.push((self.headers.len(), data));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pdus.is_empty()
+    }
+
+    fn send(&mut self, sock: &mut TcpStream, payload: &[u8]) -> Result<()> {
+        const PAD: [u8; 3] = [0; 3];
+        let mut start = 0;
+        for group in self.pdus.chunks(256) {
+            let mut iov = Vec::with_capacity(group.len() * 3);
+            for (end, data) in group {
+                iov.push(IoSlice::new(&self.headers[start..*end]));
+                start = *end;
+                if !data.is_empty() {
+                    iov.push(IoSlice::new(&payload[data.clone()]));
+                    let pad = data.len().wrapping_neg() % 4;
+                    if pad > 0 {
+                        iov.push(IoSlice::new(&PAD[..pad]));
+                    }
+                }
+            }
+            let mut bufs = &mut iov[..];
+            while !bufs.is_empty() {
+                let n = sock.write_vectored(bufs)?;
+                if n == 0 {
+                    bail!("target closed the connection");
+                }
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+        }
+        self.headers.clear();
+        self.pdus.clear();
+        Ok(())
+    }
+}
+
 /// Per-session results.
 #[derive(Default)]
 struct Totals {
@@ -403,15 +454,12 @@ fn run_session(
             };
             let (itt, n) = s
                 .ini
-                .command(&mut pdu, &spec)
+                .command_header(&mut pdu, &spec)
                 .map_err(|e| anyhow::anyhow!("emit command: {e}"))?;
-            s.tx.extend_from_slice(&pdu[..n]);
+            s.tx.push(&pdu[..n], 0..spec.data.len());
             tasks.insert(itt, Task { write, len });
         }
-        if !s.tx.is_empty() {
-            s.sock.write_all(&s.tx)?;
-            s.tx.clear();
-        }
+        s.tx.send(&mut s.sock, &payload)?;
         if tasks.is_empty() {
             break;
         }
@@ -453,18 +501,18 @@ fn run_session(
                         let chunk = (end - off).min(s.target_mrdsl);
                         let n = s
                             .ini
-                            .data_out(
+                            .data_out_header(
                                 &mut pdu,
                                 itt,
                                 ttt,
                                 s.lun_field,
                                 data_sn,
                                 off,
-                                &payload[off as usize..(off + chunk) as usize],
+                                chunk as usize,
                                 off + chunk == end,
                             )
                             .map_err(|e| anyhow::anyhow!("emit data-out: {e}"))?;
-                        s.tx.extend_from_slice(&pdu[..n]);
+                        s.tx.push(&pdu[..n], off as usize..(off + chunk) as usize);
                         off += chunk;
                         data_sn += 1;
                     }
@@ -474,7 +522,7 @@ fn run_session(
                         .ini
                         .nop_out(&mut pdu, RESERVED_TAG, ttt, &[])
                         .map_err(|e| anyhow::anyhow!("emit nop-out: {e}"))?;
-                    s.tx.extend_from_slice(&pdu[..n]);
+                    s.tx.push(&pdu[..n], 0..0);
                 }
                 Event::Other => {}
             }
