@@ -297,6 +297,13 @@ impl BackingStore for FileStore {
         self.size
     }
 
+    /// Buffered writes to a regular file: ext4, XFS and btrfs hold the inode lock
+    /// exclusively for each. `O_DIRECT` and `O_SYNC` writes spend their time outside it
+    /// (on the device, in the sync), and block devices take no such lock.
+    fn serializes_writes(&self) -> bool {
+        !self.direct && !self.sync && !self.block_device
+    }
+
     fn block_size(&self) -> u32 {
         self.block_size
     }

@@ -132,6 +132,15 @@ pub trait BackingStore: Send + Sync {
         Ok(None)
     }
 
+    /// Whether plain writes (not FUA) gain nothing from running concurrently, because the
+    /// kernel runs them one at a time anyway: a buffered write to a regular file holds the
+    /// file's inode lock while it copies into the page cache, and writers queued behind it
+    /// spin on that lock. A runtime then runs this store's plain writes one after another
+    /// on one thread and spares the CPU the waiting writers would burn. Default: `false`.
+    fn serializes_writes(&self) -> bool {
+        false
+    }
+
     /// Serve a read without blocking, if the store can do so right now (for a file: the
     /// data is in the page cache, `preadv2(RWF_NOWAIT)`). `None` means "would block: submit
     /// it to an engine instead"; `Some` is the final result.
@@ -222,6 +231,9 @@ impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {
     }
     fn flush(&self) -> Result<(), StoreError> {
         (**self).flush()
+    }
+    fn serializes_writes(&self) -> bool {
+        (**self).serializes_writes()
     }
     fn unmap(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         (**self).unmap(offset, len)

@@ -604,3 +604,22 @@ fn block_device_through_a_loop_device() {
         s.flush().unwrap();
     }
 }
+
+#[test]
+fn only_buffered_writes_to_a_file_ask_to_run_one_at_a_time() {
+    let dir = disk_dir();
+    let path = dir.path().join("disk.img");
+    assert!(create(&path, 1 << 20, 512).serializes_writes());
+    for (direct, sync) in [(true, false), (false, true)] {
+        let s = FileStore::open(
+            &path,
+            &OpenOptions {
+                direct,
+                sync,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!s.serializes_writes(), "direct {direct}, sync {sync}");
+    }
+}
