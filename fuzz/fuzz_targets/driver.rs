@@ -35,7 +35,7 @@ use iscsi_proto::digest::{data_digest, header_digest};
 use iscsi_proto::session::Timestamp;
 use iscsi_proto::wire::{Digests, Pdu, Status, pdu_len};
 use iscsi_target::builder::{LunOptions, TargetBuilder, lu_config};
-use iscsi_target::driver::{Driver, DriverConfig, InputStatus};
+use iscsi_target::driver::{Driver, DriverConfig, InputStatus, RxTarget};
 use iscsi_target::registry::{LunBackend, LunInfo, LunStats, Registry};
 use libfuzzer_sys::fuzz_target;
 
@@ -131,23 +131,42 @@ impl Harness {
         if self.closed {
             return;
         }
-        // As the mio runtime does: the fresh bytes go through `handle_read` (which copies
-        // only a PDU split between reads into `rx`), then `rx` while output is blocked.
-        let mut fresh = Some(bytes);
-        for _ in 0..10_000 {
-            let st = match fresh.take() {
-                Some(b) => self.drv.handle_read(self.now, &mut self.rx, b),
-                None => self.drv.handle_input(self.now, &mut self.rx),
+        // As the mio runtime does: each read goes where `rx_target` says, straight into a
+        // task buffer (the rest of a large data segment) or through `handle_read` (which
+        // copies only a PDU split between reads into `rx`), then `rx` while output is
+        // blocked.
+        let mut fresh = bytes;
+        let mut st = InputStatus::NeedMore;
+        while !fresh.is_empty() && !self.closed {
+            st = match self.drv.rx_target(&self.rx) {
+                RxTarget::Task(dst) => {
+                    assert!(!dst.is_empty(), "an empty placement target");
+                    let n = dst.len().min(fresh.len());
+                    dst[..n].copy_from_slice(&fresh[..n]);
+                    fresh = &fresh[n..];
+                    self.drv.placed(self.now, n, &mut self.rx)
+                }
+                RxTarget::Buffer(max) => {
+                    let n = max.min(fresh.len());
+                    let st = self.drv.handle_read(self.now, &mut self.rx, &fresh[..n]);
+                    fresh = &fresh[n..];
+                    st
+                }
             };
             self.pump();
+            self.closed |= st == InputStatus::Closed;
+        }
+        for _ in 0..10_000 {
             match st {
-                InputStatus::Blocked => continue,
+                InputStatus::Blocked => {}
                 InputStatus::NeedMore => break,
                 InputStatus::Closed => {
                     self.closed = true;
                     break;
                 }
             }
+            st = self.drv.handle_input(self.now, &mut self.rx);
+            self.pump();
         }
         if self.drv.is_closed() {
             self.closed = true;
@@ -384,10 +403,15 @@ impl Harness {
         } else {
             return;
         };
-        // The whole burst: `data` first, zeros after, in PDUs of at most MRDSL... of the
-        // target's MaxRecvDataSegmentLength we do not track, so in 4 KiB pieces.
+        // The whole burst: `data` first, zeros after, in PDUs within the target's
+        // MaxRecvDataSegmentLength (256 KiB): 512 B, 4 KiB, or 64 KiB pieces (which the
+        // driver receives straight into the task buffer).
         let want = (want as usize).min(256 * 1024);
-        let chunk = if sel & 0x80 != 0 { 512 } else { 4096 };
+        let chunk = match (sel & 0x80 != 0, sel & 0x02 != 0) {
+            (true, _) => 512,
+            (false, true) => 64 * 1024,
+            (false, false) => 4096,
+        };
         let mut payload = data.to_vec();
         payload.resize(want.max(data.len().min(4096)), 0);
         let mut pos = 0usize;
