@@ -535,9 +535,10 @@ impl std::fmt::Debug for IoJob {
 }
 
 impl IoJob {
-    /// Jobs with the same lane must run one at a time, in the order they were submitted:
-    /// plain (not FUA) writes to a store whose writes the kernel runs one at a time anyway
-    /// ([`BackingStore::serializes_writes`]). `None`: run it whenever a thread is free.
+    /// Jobs with the same lane are best run one at a time, in the order they were
+    /// submitted: plain (not FUA) writes to a store whose writes the kernel runs one at a
+    /// time anyway ([`BackingStore::serializes_writes`]). A hint: running them together is
+    /// correct, only slower. `None`: run it whenever a thread is free.
     ///
     /// [`BackingStore::serializes_writes`]: backstore::BackingStore::serializes_writes
     pub fn lane(&self) -> Option<usize> {
@@ -1286,12 +1287,12 @@ impl Driver {
                 PlaceDest::Slot { index, offset }
             }
             Opcode::ScsiCommand if self.conn.is_full_feature() => {
-                let edtl = bhs.word(Word::W20) as usize;
-                if edtl < len || edtl > MAX_TASK_BUFFER {
+                // Only the segment's worth: the command's transfer length is not checked yet.
+                if (bhs.word(Word::W20) as usize) < len {
                     return false;
                 }
-                if self.stage.len() < edtl {
-                    self.stage.resize(edtl, 0);
+                if self.stage.len() < len {
+                    self.stage.resize(len, 0);
                 }
                 self.stage[..got.len()].copy_from_slice(got);
                 PlaceDest::Stage
@@ -1393,7 +1394,7 @@ impl Driver {
     }
 
     /// Immediate data placed in the stage belongs to `task`: the stage becomes its buffer
-    /// (cut to the command's transfer length) unless it has one already.
+    /// (cut to the command's transfer length when longer) unless it has one already.
     fn take_stage(&mut self, task: TaskHandle, n: usize, edtl: u32) {
         let slot = &mut self.slots[task.index()];
         if slot.handle != Some(task) {
@@ -2843,6 +2844,31 @@ mod tests {
         assert!(
             back.iter().all(|&b| b == 0xee),
             "the refused data reached the LUN"
+        );
+    }
+
+    #[test]
+    fn placing_immediate_data_allocates_for_the_segment_not_the_declared_length() {
+        let reg = registry();
+        let mut d = driver(&reg, Limits::default(), 2102);
+        let mut ini = login_isid(&mut d, [0x80, 0, 0, 0, 0x43, 3]);
+        // EDTL 60 MiB, 64 KiB of immediate data: only the header and half the data arrive.
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0];
+        let imm = vec![0x3cu8; 64 * 1024];
+        let mut pdu = vec![0u8; 80 * 1024];
+        let (_, n) = ini
+            .command(&mut pdu, &CommandSpec::write(0, &cdb, 60 << 20, &imm))
+            .unwrap();
+        let mut pending = Vec::new();
+        d.handle_read(Timestamp(1), &mut pending, &pdu[..n / 2]);
+        assert!(
+            pending.is_empty() && d.place.is_some(),
+            "placing the immediate data"
+        );
+        assert!(
+            d.stage.len() <= imm.len(),
+            "stage of {} bytes",
+            d.stage.len()
         );
     }
 }
