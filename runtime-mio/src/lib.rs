@@ -44,8 +44,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -350,65 +349,88 @@ impl Server {
 
 /// Worker threads that run blocking I/O jobs for one reactor.
 struct IoPool {
-    tx: Option<Sender<(Token, IoJob)>>,
-    lanes: Arc<Lanes>,
+    state: Arc<PoolState>,
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Jobs that run one at a time ([`IoJob::lane`]): a lane is in the map while one of its
-/// jobs is running or on its way to a worker; the others wait in its queue, and the worker
-/// that finishes one runs the next itself.
-type Lanes = Mutex<HashMap<usize, VecDeque<(Token, IoJob)>>>;
+/// The pool's queue, behind one lock, and the condition its idle workers wait on.
+#[derive(Default)]
+struct PoolState {
+    queue: Mutex<PoolQueue>,
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct PoolQueue {
+    jobs: VecDeque<(Token, IoJob)>,
+    /// Jobs that run one at a time ([`IoJob::lane`]): a lane is here while one of its jobs
+    /// is queued or running; the others wait in its queue, and the worker that finishes
+    /// one runs the next itself, without a trip through the reactor.
+    lanes: HashMap<usize, VecDeque<(Token, IoJob)>>,
+    /// Workers waiting for a job: only then does a submission wake one.
+    idle: usize,
+    stop: bool,
+}
 
 impl IoPool {
     fn new(n: usize, shared: Arc<ReactorShared>, reactor: usize) -> io::Result<IoPool> {
-        let (tx, rx) = mpsc::channel::<(Token, IoJob)>();
-        let rx = Arc::new(Mutex::new(rx));
-        let lanes = Arc::new(Lanes::default());
+        let state = Arc::new(PoolState::default());
         let mut threads = Vec::new();
         for i in 0..n {
-            let (rx, shared, lanes) = (rx.clone(), shared.clone(), lanes.clone());
+            let (state, shared) = (state.clone(), shared.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("io-{reactor}-{i}"))
-                    .spawn(move || worker(&rx, &shared, &lanes))?,
+                    .spawn(move || worker(&state, &shared))?,
             );
         }
-        Ok(IoPool {
-            tx: Some(tx),
-            lanes,
-            threads,
-        })
+        Ok(IoPool { state, threads })
     }
 
     fn submit(&self, token: Token, job: IoJob) {
+        let mut q = self.state.queue.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lane) = job.lane() {
-            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(waiting) = lanes.get_mut(&lane) {
+            if let Some(waiting) = q.lanes.get_mut(&lane) {
                 waiting.push_back((token, job));
                 return;
             }
-            lanes.insert(lane, VecDeque::new());
+            q.lanes.insert(lane, VecDeque::new());
         }
-        if let Some(tx) = &self.tx {
-            let _ = tx.send((token, job));
+        q.jobs.push_back((token, job));
+        if q.idle > 0 {
+            self.state.work.notify_one();
         }
     }
 }
 
 impl Drop for IoPool {
     fn drop(&mut self) {
-        self.tx = None;
+        // Workers finish what is queued, then exit.
+        self.state
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop = true;
+        self.state.work.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared, lanes: &Lanes) {
+fn worker(state: &PoolState, shared: &ReactorShared) {
+    let mut q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(mut next) = next else { return };
+        let Some(mut next) = q.jobs.pop_front() else {
+            if q.stop {
+                return;
+            }
+            q.idle += 1;
+            q = state.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+            continue;
+        };
+        drop(q);
         loop {
             let (token, mut job) = next;
             let lane = job.lane();
@@ -420,16 +442,17 @@ fn worker(rx: &Mutex<Receiver<(Token, IoJob)>>, shared: &ReactorShared, lanes: &
                 .push((token, job));
             let _ = shared.waker.wake();
             let Some(lane) = lane else { break };
-            // The lane's next job runs here and now, without a trip through the reactor.
-            let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
-            match lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+            // The lane's next job runs here and now.
+            let mut q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match q.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
                 Some(job) => next = job,
                 None => {
-                    lanes.remove(&lane);
+                    q.lanes.remove(&lane);
                     break;
                 }
             }
         }
+        q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
     }
 }
 
@@ -465,6 +488,10 @@ struct Conn {
     /// The batch being written (reused).
     pieces: Vec<Piece>,
     writable_armed: bool,
+    /// The socket may hold input: set by a readable event, cleared when a read would block
+    /// (the reactor's registration is edge-triggered, so new input brings a new event).
+    /// Wake-ups for completions skip the read that would find nothing.
+    readable: bool,
     peer_closed: bool,
     /// This connection's place in the connection limits.
     _permit: ConnPermit,
@@ -519,7 +546,14 @@ impl Reactor {
                 }
                 match Engines::engine_of(ev.token()) {
                     Some(id) => engines_ready.push(id),
-                    None => touched.push(ev.token()),
+                    None => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if let Some(c) = self.conns.get_mut(&ev.token()) {
+                                c.readable = true;
+                            }
+                        }
+                        touched.push(ev.token());
+                    }
                 }
             }
             if self.handle_commands() {
@@ -656,6 +690,7 @@ impl Reactor {
                 hdrs: Vec::new(),
                 pieces: Vec::new(),
                 writable_armed: false,
+                readable: true,
                 peer_closed: false,
                 _permit: permit,
             },
@@ -677,7 +712,7 @@ impl Reactor {
             // Read what the socket has unless output is backed up.
             let mut read_any = false;
             let mut st = None;
-            if !c.peer_closed && backlog < MAX_PENDING_OUTPUT {
+            if c.readable && !c.peer_closed && backlog < MAX_PENDING_OUTPUT {
                 loop {
                     // Large data segments go straight into their task buffers; the rest is
                     // read into the shared buffer.
@@ -714,7 +749,7 @@ impl Reactor {
                             read_any = true;
                             st = Some(c.driver.handle_read(now, &mut c.rx, &chunk[..n]));
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => c.peer_closed = true,
                     }
