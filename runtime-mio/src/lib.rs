@@ -71,7 +71,8 @@ const WRITEV_PDUS: usize = 64;
 /// Reactor settings.
 #[derive(Debug, Clone, Copy)]
 pub struct MioConfig {
-    /// Reactor threads; 0 = one per core.
+    /// Reactor threads; 0 = one per core, each kept on its core (the I/O threads are not
+    /// pinned).
     pub reactors: usize,
     /// I/O worker threads per reactor.
     pub io_threads: usize,
@@ -211,6 +212,13 @@ impl Server {
         } else {
             cfg.reactors
         };
+        // One reactor per core: each stays on its own core (its I/O threads go wherever the
+        // scheduler puts them), so the busiest threads do not chase each other across cores.
+        let cpus = if cfg.reactors == 0 {
+            allowed_cpus()
+        } else {
+            Vec::new()
+        };
         let epoch = Instant::now();
         let mut reactors = Vec::new();
         for i in 0..n {
@@ -237,9 +245,17 @@ impl Server {
                 stopping: false,
                 read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             };
+            let cpu = cpus.get(i).copied();
             let h = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))
-                .spawn(move || r.run())?;
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = pin_to_cpu(cpu) {
+                            log::warn!("reactor {i}: cannot pin to CPU {cpu}: {e}");
+                        }
+                    }
+                    r.run()
+                })?;
             reactors.push((shared, h));
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -823,6 +839,39 @@ impl Drop for Reactor {
         // Each engine waits for the requests it has running (librbd writes into their
         // buffers until they complete), then the jobs in flight are dropped.
         self.engines.shutdown(self.poll.registry());
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), lowest first; empty if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain bits, and all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's capacity.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Keeps the calling thread on `cpu` (threads it starts afterwards inherit that).
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: cpu_set_t is plain bits, and all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -1606,5 +1655,79 @@ mod tests {
         // FUA writes spend their time in the sync, outside the file's lock: not laned.
         assert!(peak_writers(true, true) > 1);
         assert!(peak_writers(false, false) > 1);
+    }
+
+    // --- Reactor placement ----------------------------------------------------------------
+
+    /// `Cpus_allowed_list` of this process's threads named `name`.
+    fn cpus_of_threads(name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+                out.push(l["Cpus_allowed_list:".len()..].trim().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_reactor_per_core_keeps_each_on_its_core() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        let start = |reactors| {
+            let reg = TargetBuilder::new(GATED)
+                .lun(0, Arc::new(MemoryStore::new(1 << 20, 512).unwrap()))
+                .build()
+                .unwrap();
+            let cfg = MioConfig {
+                reactors,
+                io_threads: 1,
+            };
+            Server::start(
+                reg,
+                DriverConfig::default(),
+                &["127.0.0.1:0".parse().unwrap()],
+                cfg,
+            )
+            .unwrap()
+        };
+        let s = start(0);
+        // Each thread pins itself as it starts. (Other tests' servers run unpinned reactors
+        // of the same names.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (k, cpu) in cpus.iter().take(n.min(2)).enumerate() {
+            let name = format!("reactor-{k}");
+            while !cpus_of_threads(&name).contains(&cpu.to_string()) {
+                let now = cpus_of_threads(&name);
+                assert!(Instant::now() < deadline, "{name}: {now:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if n > 1 {
+            // The I/O threads float.
+            assert!(
+                cpus_of_threads("io-0-0")
+                    .iter()
+                    .all(|c| c.contains(['-', ',']))
+            );
+        }
+        s.shutdown(Duration::from_secs(1));
+        // A reactor count given in the configuration leaves placement to the scheduler.
+        let s = start(1);
+        std::thread::sleep(Duration::from_millis(50));
+        if cpus.len() > 1 {
+            assert!(
+                cpus_of_threads("reactor-0")
+                    .iter()
+                    .all(|c| c.contains(['-', ',']))
+            );
+        }
+        s.shutdown(Duration::from_secs(1));
     }
 }

@@ -44,7 +44,7 @@ pub struct DaemonSection {
     /// `mio` (default) or `threads`.
     #[serde(default = "default_runtime")]
     pub runtime: String,
-    /// Reactor threads for the mio runtime; 0 = one per core.
+    /// Reactor threads for the mio runtime; 0 = one per core, each kept on its core.
     #[serde(default)]
     pub reactors: usize,
     /// Blocking I/O threads per mio reactor (requests to file, nbd and rbd stores that
