@@ -529,9 +529,10 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
-fn start(dir: &std::path::Path, runtime: &str) -> Daemon {
+/// The case's daemon; `extra` goes before the target (e.g. a `[limits]` table).
+fn start(dir: &std::path::Path, runtime: &str, extra: &str) -> Daemon {
     let body = format!(
-        "[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
+        "{extra}[[target]]\ntid = 1\nname = \"{IQN}\"\ninitiators = [\"ALL\"]\n\
          [[target.lun]]\nlun = 1\nbacking_store = \"DIR/d.img\"\nsize = \"64M\"\n"
     );
     Daemon::start(dir, runtime, &body)
@@ -544,10 +545,22 @@ fn run_case(
     name: &str,
     min: Duration,
     rss_bound_mib: f64,
+    attack: impl FnMut(&Daemon) -> String,
+) {
+    run_case_with(rt, name, min, rss_bound_mib, "", attack);
+}
+
+/// [`run_case`] with `extra` configuration for the daemon (see [`start`]).
+fn run_case_with(
+    rt: &str,
+    name: &str,
+    min: Duration,
+    rss_bound_mib: f64,
+    extra: &str,
     mut attack: impl FnMut(&Daemon) -> String,
 ) {
     let dir = tempdir();
-    let mut d = start(dir.path(), rt);
+    let mut d = start(dir.path(), rt, extra);
     let pid = d.child.id();
     let good = start_good(d.port);
     let warm = Instant::now();
@@ -1193,22 +1206,85 @@ fn raise_nofile(want: u64) {
 
 fn half_open(rt: &str) {
     raise_nofile(8192);
-    run_case(rt, "half_open_connections", Duration::ZERO, 48.0, |d| {
-        let pid = d.child.id();
-        let fds0 = fd_count(pid);
-        const N: usize = 2000;
-        let t0 = Instant::now();
-        let mut socks = Vec::with_capacity(N);
-        for _ in 0..N {
-            socks.push(TcpStream::connect(("127.0.0.1", d.port)).unwrap());
-        }
-        // Those beyond max_connections_per_initiator (64) are closed at once. Keeps the
-        // ones still open, counting the others.
-        let mut refused = 0;
-        let mut sift = |socks: Vec<TcpStream>| -> Vec<TcpStream> {
-            let mut open = Vec::new();
-            for mut s in socks {
-                s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    // A longer login timeout than the default 15 s: the held connections must still be open
+    // when they are counted, and 2,000 connects while the other cases run in parallel have
+    // taken more than 15 s on the 2-core CI machine.
+    const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+    let limits = format!(
+        "[limits]\nlogin_timeout_secs = {}\n",
+        LOGIN_TIMEOUT.as_secs()
+    );
+    run_case_with(
+        rt,
+        "half_open_connections",
+        Duration::ZERO,
+        48.0,
+        &limits,
+        |d| {
+            let pid = d.child.id();
+            let fds0 = fd_count(pid);
+            const N: usize = 2000;
+            let t0 = Instant::now();
+            let mut socks = Vec::with_capacity(N);
+            for _ in 0..N {
+                socks.push(TcpStream::connect(("127.0.0.1", d.port)).unwrap());
+            }
+            // Those beyond max_connections_per_initiator (64) are closed at once. Keeps the
+            // ones still open, counting the others.
+            let mut refused = 0;
+            let mut sift = |socks: Vec<TcpStream>| -> Vec<TcpStream> {
+                let mut open = Vec::new();
+                for mut s in socks {
+                    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                    let mut b = [0u8; 1];
+                    match s.read(&mut b) {
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            open.push(s)
+                        }
+                        Ok(0) | Err(_) => refused += 1,
+                        Ok(_) => panic!("the target sent something to a silent connection"),
+                    }
+                }
+                open
+            };
+            let mut still = sift(socks);
+            // Stragglers not yet refused when polled (the accept backlog drains more slowly
+            // on a loaded machine): look again until 63 remain, for up to 10 s.
+            let settle = Instant::now() + Duration::from_secs(10);
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                still = sift(still);
+                if still.len() <= 63 || Instant::now() > settle {
+                    break;
+                }
+            }
+            let held = still.len();
+            // The good session's connection counts against the same address.
+            assert_eq!(
+                held, 63,
+                "held open (64 per initiator, one is the good session)"
+            );
+            assert_eq!(refused, N - held);
+            let fds_held = fd_count(pid);
+            // One socket per connection in the reactor; the thread runtime keeps the socket
+            // and two clones (reader thread, writer).
+            let per_conn = if rt == "threads" { 3 } else { 1 };
+            assert!(
+                fds_held <= fds0 + per_conn * held + 8,
+                "daemon fds {fds0} -> {fds_held} with {held} held"
+            );
+            // The held ones time out at the login timeout.
+            let deadline = Instant::now() + LOGIN_TIMEOUT + SLACK;
+            let mut first_close = None;
+            for mut s in still {
+                let left = deadline.saturating_duration_since(Instant::now());
+                s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
                 let mut b = [0u8; 1];
                 match s.read(&mut b) {
                     Err(e)
@@ -1217,80 +1293,32 @@ fn half_open(rt: &str) {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
-                        open.push(s)
+                        panic!("a half-open connection outlived the login timeout")
                     }
-                    Ok(0) | Err(_) => refused += 1,
-                    Ok(_) => panic!("the target sent something to a silent connection"),
+                    Ok(0) | Err(_) => {
+                        first_close.get_or_insert(t0.elapsed());
+                    }
+                    Ok(_) => panic!("unexpected data"),
                 }
             }
-            open
-        };
-        let mut still = sift(socks);
-        // Stragglers not yet refused when polled (the accept backlog drains more slowly
-        // on a loaded machine): look again until 63 remain, for up to 10 s.
-        let settle = Instant::now() + Duration::from_secs(10);
-        loop {
-            std::thread::sleep(Duration::from_millis(250));
-            still = sift(still);
-            if still.len() <= 63 || Instant::now() > settle {
-                break;
-            }
-        }
-        let held = still.len();
-        // The good session's connection counts against the same address.
-        assert_eq!(
-            held, 63,
-            "held open (64 per initiator, one is the good session)"
-        );
-        assert_eq!(refused, N - held);
-        let fds_held = fd_count(pid);
-        // One socket per connection in the reactor; the thread runtime keeps the socket
-        // and two clones (reader thread, writer).
-        let per_conn = if rt == "threads" { 3 } else { 1 };
-        assert!(
-            fds_held <= fds0 + per_conn * held + 8,
-            "daemon fds {fds0} -> {fds_held} with {held} held"
-        );
-        // The held ones time out at the login timeout.
-        let deadline = Instant::now() + LOGIN_TIMEOUT + SLACK;
-        let mut first_close = None;
-        for mut s in still {
-            let left = deadline.saturating_duration_since(Instant::now());
-            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut b = [0u8; 1];
-            match s.read(&mut b) {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    panic!("a half-open connection outlived the login timeout")
-                }
-                Ok(0) | Err(_) => {
-                    first_close.get_or_insert(t0.elapsed());
-                }
-                Ok(_) => panic!("unexpected data"),
-            }
-        }
-        let took = t0.elapsed();
-        // Closed by the login timer, not earlier.
-        let first_close = first_close.unwrap_or(took);
-        assert!(
-            first_close >= LOGIN_TIMEOUT - Duration::from_secs(1),
-            "closed after {first_close:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        let fds1 = fd_count(pid);
-        assert!(fds1 <= fds0 + 2, "daemon fds {fds0} -> {fds1}");
-        format!(
-            "{N} silent connects: {refused} closed at once (max_connections_per_initiator 64), \
+            let took = t0.elapsed();
+            // Closed by the login timer, not earlier.
+            let first_close = first_close.unwrap_or(took);
+            assert!(
+                first_close >= LOGIN_TIMEOUT - Duration::from_secs(1),
+                "closed after {first_close:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let fds1 = fd_count(pid);
+            assert!(fds1 <= fds0 + 2, "daemon fds {fds0} -> {fds1}");
+            format!(
+                "{N} silent connects: {refused} closed at once (max_connections_per_initiator 64), \
              {held} held then closed by the login timeout after {:.1} s; daemon fds {fds0} -> \
              {fds_held} -> {fds1}",
-            took.as_secs_f64()
-        )
-    });
+                took.as_secs_f64()
+            )
+        },
+    );
 }
 
 fn slowloris(rt: &str) {
