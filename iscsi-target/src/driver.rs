@@ -1251,7 +1251,7 @@ impl Driver {
     fn begin_place(&mut self, partial: &[u8]) -> bool {
         use iscsi_proto::wire::{Bhs, Opcode, Status, Word, header_wire_len, pdu_len};
         let d = self.conn.digests();
-        if self.place.is_some() || d.data || self.conn.is_closed() {
+        if self.place.is_some() || self.conn.is_closed() || !large_segment(partial, d) {
             return false;
         }
         let (Status::Complete(total), Status::Complete(head), Ok(bhs)) = (
@@ -1264,7 +1264,6 @@ impl Driver {
         let len = total - head;
         if partial.len() < head
             || partial.len() >= total
-            || len < PLACE_MIN
             || len != bhs.data_segment_len() as usize
             || self.check_header(partial).is_err()
         {
