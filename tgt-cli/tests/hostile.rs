@@ -1204,6 +1204,31 @@ fn raise_nofile(want: u64) {
     }
 }
 
+/// What a connection the target should leave silent showed within `wait` (at least 1 ms).
+enum Quiet {
+    Silent,
+    Closed,
+    Data,
+}
+
+fn quiet_for(s: &mut TcpStream, wait: Duration) -> Quiet {
+    s.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+        .unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Quiet::Silent
+        }
+        Ok(0) | Err(_) => Quiet::Closed,
+        Ok(_) => Quiet::Data,
+    }
+}
+
 fn half_open(rt: &str) {
     raise_nofile(8192);
     // A longer login timeout than the default 15 s: the held connections must still be open
@@ -1235,19 +1260,10 @@ fn half_open(rt: &str) {
             let mut sift = |socks: Vec<TcpStream>| -> Vec<TcpStream> {
                 let mut open = Vec::new();
                 for mut s in socks {
-                    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-                    let mut b = [0u8; 1];
-                    match s.read(&mut b) {
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            open.push(s)
-                        }
-                        Ok(0) | Err(_) => refused += 1,
-                        Ok(_) => panic!("the target sent something to a silent connection"),
+                    match quiet_for(&mut s, Duration::from_millis(1)) {
+                        Quiet::Silent => open.push(s),
+                        Quiet::Closed => refused += 1,
+                        Quiet::Data => panic!("the target sent something to a silent connection"),
                     }
                 }
                 open
@@ -1283,22 +1299,12 @@ fn half_open(rt: &str) {
             let mut first_close = None;
             for mut s in still {
                 let left = deadline.saturating_duration_since(Instant::now());
-                s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .unwrap();
-                let mut b = [0u8; 1];
-                match s.read(&mut b) {
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        panic!("a half-open connection outlived the login timeout")
-                    }
-                    Ok(0) | Err(_) => {
+                match quiet_for(&mut s, left) {
+                    Quiet::Silent => panic!("a half-open connection outlived the login timeout"),
+                    Quiet::Closed => {
                         first_close.get_or_insert(t0.elapsed());
                     }
-                    Ok(_) => panic!("unexpected data"),
+                    Quiet::Data => panic!("unexpected data"),
                 }
             }
             let took = t0.elapsed();
@@ -1370,12 +1376,10 @@ fn slowloris(rt: &str) {
         let mut last = Duration::ZERO;
         for s in stalled.iter_mut() {
             let left = (t0 + LOGIN_TIMEOUT + SLACK).saturating_duration_since(Instant::now());
-            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut b = [0u8; 1];
-            match s.read(&mut b) {
-                Ok(0) | Err(_) => last = last.max(t0.elapsed()),
-                Ok(_) => panic!("unexpected reply"),
+            // Silence past the deadline shows as a close at or after it: the bound below fails.
+            match quiet_for(s, left) {
+                Quiet::Silent | Quiet::Closed => last = last.max(t0.elapsed()),
+                Quiet::Data => panic!("unexpected reply"),
             }
         }
         for at in [dribble_at, last] {
