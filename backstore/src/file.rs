@@ -217,7 +217,12 @@ impl FileStore {
         while done < buf.len() {
             let at = offset + done as u64;
             let res = if dsync {
-                match sys::pwritev2(self.file.as_fd(), &buf[done..], at, sys::RWF_DSYNC) {
+                match sys::pwritev2(
+                    self.file.as_fd(),
+                    &[io::IoSlice::new(&buf[done..])],
+                    at,
+                    sys::RWF_DSYNC,
+                ) {
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
                         self.no_dsync.store(true, Ordering::Relaxed);
                         return self.pwrite_full(buf, offset, fua);
@@ -292,6 +297,15 @@ fn create(path: &Path, oo: &std::fs::OpenOptions, size: u64) -> Result<File, Ope
     }
 }
 
+/// The offset each of `bufs` starts at when they are written back to back from `offset`.
+fn piece_offsets<'a>(bufs: &'a [io::IoSlice<'_>], offset: u64) -> impl Iterator<Item = u64> + 'a {
+    bufs.iter().scan(offset, |at, b| {
+        let here = *at;
+        *at += b.len() as u64;
+        Some(here)
+    })
+}
+
 impl BackingStore for FileStore {
     fn size(&self) -> u64 {
         self.size
@@ -343,6 +357,40 @@ impl BackingStore for FileStore {
             self.pwrite_full(buf, offset, fua)?;
         }
         Ok(buf.len())
+    }
+
+    fn write_vectored_at(
+        &self,
+        bufs: &[io::IoSlice<'_>],
+        offset: u64,
+    ) -> Result<usize, StoreError> {
+        check_writable(self)?;
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        check_range(offset, total as u64, self.size)?;
+        if self.direct {
+            // O_DIRECT wants aligned memory: each piece goes through write_at's bounce.
+            for (b, at) in bufs.iter().zip(piece_offsets(bufs, offset)) {
+                self.write_at(b, at, false)?;
+            }
+            return Ok(total);
+        }
+        let written = match sys::pwritev2(self.file.as_fd(), bufs, offset, 0) {
+            Ok(0) if total > 0 => return Err(StoreError::NO_SPACE),
+            Ok(n) => n,
+            Err(e) => return Err(e.into()),
+        };
+        // A short write (or more than IOV_MAX buffers): the rest piece by piece, from
+        // inside the buffer where it stopped.
+        let mut skip = written;
+        for (b, at) in bufs.iter().zip(piece_offsets(bufs, offset)) {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            self.pwrite_full(&b[skip..], at + skip as u64, false)?;
+            skip = 0;
+        }
+        Ok(total)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -64,6 +64,24 @@ pub trait BackingStore: Send + Sync {
     /// Returns `buf.len()` on success.
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError>;
 
+    /// Write `bufs` back to back from `offset`, as plain (not FUA) writes: what a run of
+    /// contiguous [`write_at`](Self::write_at) calls would do, in one call where the store
+    /// can (a file: one `pwritev`). Returns the total length on success. On an error some
+    /// of the range may have been written: the caller rewrites the pieces one by one to
+    /// learn which fails. Default: one `write_at` per buffer.
+    fn write_vectored_at(
+        &self,
+        bufs: &[io::IoSlice<'_>],
+        offset: u64,
+    ) -> Result<usize, StoreError> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at, false)?;
+            at = at.saturating_add(b.len() as u64);
+        }
+        Ok((at - offset) as usize)
+    }
+
     /// Make every completed write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> Result<(), StoreError>;
 
@@ -228,6 +246,13 @@ impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError> {
         (**self).write_at(buf, offset, fua)
+    }
+    fn write_vectored_at(
+        &self,
+        bufs: &[io::IoSlice<'_>],
+        offset: u64,
+    ) -> Result<usize, StoreError> {
+        (**self).write_vectored_at(bufs, offset)
     }
     fn flush(&self) -> Result<(), StoreError> {
         (**self).flush()

@@ -58,28 +58,40 @@ pub(crate) fn preadv2(
     }
 }
 
-/// `pwritev2(fd, [buf], offset, flags)`, retried on `EINTR`.
+/// `pwritev2(fd, bufs, offset, flags)`, retried on `EINTR`: writes `bufs` back to back
+/// from `offset` and returns how many bytes it wrote (perhaps fewer than all).
 pub(crate) fn pwritev2(
     fd: BorrowedFd<'_>,
-    buf: &[u8],
+    bufs: &[io::IoSlice<'_>],
     offset: u64,
     flags: i32,
 ) -> io::Result<usize> {
-    let iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
     let offset = off(offset)?;
+    // More than IOV_MAX buffers is EINVAL: write the first IOV_MAX, the caller goes on.
+    let bufs = &bufs[..bufs.len().min(IOV_MAX)];
     loop {
-        // SAFETY: `iov` describes `buf`, valid for reads of `buf.len()` bytes for the
-        // duration of the call (the kernel does not write through it); the fd is open.
-        let ret = unsafe { libc::pwritev2(fd.as_raw_fd(), &iov, 1, offset, flags) };
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and `bufs` describes
+        // slices valid for reads of their lengths for the duration of the call (the kernel
+        // does not write through them); the count fits a c_int since it is at most IOV_MAX;
+        // the fd is open.
+        let ret = unsafe {
+            libc::pwritev2(
+                fd.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                bufs.len() as libc::c_int,
+                offset,
+                flags,
+            )
+        };
         match cvt(ret as libc::c_long) {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             r => return r.map(|n| n as usize),
         }
     }
 }
+
+/// Linux's `IOV_MAX`: the most buffers one vectored call takes.
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// `fallocate(fd, mode, offset, len)`.
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {

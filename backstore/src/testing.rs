@@ -164,6 +164,11 @@ impl<S: BackingStore> BackingStore for InstrumentedStore<S> {
         self.enter(Op::Write, offset, buf.len() as u64)?;
         self.inner.write_at(buf, offset, fua)
     }
+    // Not write_vectored_at: the default sends each piece through write_at above, so every
+    // piece is counted and can be failed on its own.
+    fn serializes_writes(&self) -> bool {
+        self.inner.serializes_writes()
+    }
     fn flush(&self) -> Result<(), StoreError> {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         self.enter(Op::Flush, 0, u64::MAX)?;

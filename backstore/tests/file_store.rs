@@ -623,3 +623,71 @@ fn only_buffered_writes_to_a_file_ask_to_run_one_at_a_time() {
         assert!(!s.serializes_writes(), "direct {direct}, sync {sync}");
     }
 }
+
+#[test]
+fn vectored_writes_land_back_to_back_whatever_the_piece_count() {
+    use std::io::IoSlice;
+    let dir = disk_dir();
+    let path = dir.path().join("disk.img");
+    drop(create(&path, 4 << 20, 512));
+    for direct in [false, true] {
+        let s = FileStore::open(
+            &path,
+            &OpenOptions {
+                direct,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let seed = u8::from(direct);
+        // Three pieces of unequal length, then more pieces than one pwritev takes.
+        for (pieces, len) in [(vec![4096, 8192, 512], 12800), (vec![512; 1100], 563_200)] {
+            let data = pattern(len, seed.wrapping_add(pieces.len() as u8));
+            let mut slices = Vec::new();
+            let mut at = 0;
+            for n in &pieces {
+                slices.push(IoSlice::new(&data[at..at + n]));
+                at += n;
+            }
+            assert_eq!(
+                s.write_vectored_at(&slices, 4096),
+                Ok(len),
+                "direct {direct}"
+            );
+            let mut back = vec![0; len + 1024];
+            s.read_at(&mut back, 3584).unwrap();
+            assert!(back[..512].iter().all(|&b| b == 0), "before the range");
+            assert!(
+                back[512..512 + len] == data[..],
+                "direct {direct}, {} pieces",
+                pieces.len()
+            );
+            assert!(back[512 + len..].iter().all(|&b| b == 0), "after the range");
+            // Clean up for the next case.
+            s.write_zeroes(4096, len as u64).unwrap();
+        }
+        // Past the end: refused whole, nothing written.
+        let piece = vec![0xee; 4096];
+        let two = [IoSlice::new(&piece), IoSlice::new(&piece)];
+        assert_eq!(
+            s.write_vectored_at(&two, (4 << 20) - 4096),
+            Err(StoreError::OUT_OF_RANGE)
+        );
+        let mut tail = vec![0; 4096];
+        s.read_at(&mut tail, (4 << 20) - 4096).unwrap();
+        assert!(tail.iter().all(|&b| b == 0));
+    }
+    let ro = FileStore::open(
+        &path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let piece = [0u8; 512];
+    assert_eq!(
+        ro.write_vectored_at(&[IoSlice::new(&piece)], 0),
+        Err(StoreError::READ_ONLY)
+    );
+}

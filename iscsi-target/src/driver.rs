@@ -38,7 +38,7 @@ use scsi_core::{
     Action, DataDirection, IoRequest, Lun, NexusId, TargetAction, TaskAttr, TaskId, TaskTag,
 };
 
-use crate::exec::{IoAnswer, IoCallbacks, execute, execute_copy};
+use crate::exec::{IoAnswer, IoCallbacks, execute, execute_copy, transfer_result, write_data};
 use crate::registry::{IoKind, LunBackend, Registry, ScsiTarget, SessionRecord, TargetNode, Wake};
 
 /// Task slots per connection (the connection's task table).
@@ -504,6 +504,13 @@ impl Drop for ConnPermit {
     }
 }
 
+/// The most jobs [`IoJob::run_joined`] writes with one call.
+pub const JOIN_MAX: usize = 64;
+
+/// The most bytes [`IoJob::run_joined`] writes with one call: every job of a batch completes
+/// when the whole batch is written, so this bounds the latency joining adds.
+pub const JOIN_MAX_BYTES: u64 = 4 << 20;
+
 /// A block I/O to perform for a task. It owns the task's buffers while it runs.
 pub struct IoJob {
     /// The request from scsi-core.
@@ -547,6 +554,65 @@ impl IoJob {
             && self.copy_src.is_none()
             && self.backend.store.serializes_writes())
         .then_some(Arc::as_ptr(&self.backend) as usize)
+    }
+
+    /// Whether `next` can join `batch`, a run of jobs [`IoJob::run_joined`] writes with one
+    /// call: it is a plain write of the same lane ([`IoJob::lane`]) that starts where the
+    /// batch's last write ends, and the batch stays within [`JOIN_MAX`] jobs and
+    /// [`JOIN_MAX_BYTES`].
+    pub fn joins(batch: &[IoJob], next: &IoJob) -> bool {
+        let Some(last) = batch.last() else {
+            return false;
+        };
+        let bytes = batch.iter().map(|j| j.req.byte_len()).sum::<u64>();
+        batch.len() < JOIN_MAX
+            && bytes.saturating_add(next.req.byte_len()) <= JOIN_MAX_BYTES
+            && next.lane().is_some()
+            && next.lane() == last.lane()
+            && last.req.byte_offset().checked_add(last.req.byte_len())
+                == Some(next.req.byte_offset())
+            && write_data(&last.req, &last.buf).is_some()
+            && write_data(&next.req, &next.buf).is_some()
+    }
+
+    /// Runs `jobs`, each of which [`IoJob::joins`] those before it, as one vectored write
+    /// ([`BackingStore::write_vectored_at`]): writes a lane has queued back to back cost
+    /// one system call and one pass through the file system's locks instead of one each.
+    /// Should the joined write fail, every job is run again on its own, so each gets its own
+    /// status (rewriting a range with the job's own data changes nothing). A batch that
+    /// does not hold together is run job by job.
+    ///
+    /// [`BackingStore::write_vectored_at`]: backstore::BackingStore::write_vectored_at
+    pub fn run_joined(jobs: &mut [IoJob]) {
+        match jobs {
+            [] => return,
+            [job] => return job.run(),
+            _ => {}
+        }
+        let start = std::time::Instant::now();
+        let joined = (1..jobs.len()).all(|i| IoJob::joins(&jobs[..i], &jobs[i]));
+        let written = joined && {
+            let mut pieces = [std::io::IoSlice::new(&[]); JOIN_MAX];
+            let mut total = 0;
+            for (piece, job) in pieces.iter_mut().zip(jobs.iter()) {
+                let data = write_data(&job.req, &job.buf).unwrap_or_default();
+                *piece = std::io::IoSlice::new(data);
+                total += data.len();
+            }
+            let first = &jobs[0];
+            let r = first
+                .backend
+                .store
+                .write_vectored_at(&pieces[..jobs.len()], first.req.byte_offset());
+            transfer_result(r, total, true).is_ok()
+        };
+        for job in jobs {
+            if written {
+                job.finish(IoAnswer::Complete(scsi_core::IoResult::Ok), start);
+            } else {
+                job.run();
+            }
+        }
     }
 
     /// Performs the request on the LUN's store (blocking).
@@ -2869,5 +2935,216 @@ mod tests {
             "stage of {} bytes",
             d.stage.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use std::io::IoSlice;
+    use std::sync::Mutex;
+
+    use backstore::{BackingStore, MemoryStore, StoreError};
+    use scsi_core::{IoOp, IoResult};
+
+    use super::*;
+    use crate::exec::tests::req;
+    use crate::registry::Registry;
+
+    /// A memory store that asks for its writes one at a time, logs every vectored write
+    /// (offset, piece lengths) and fails any write that touches `bad`.
+    #[derive(Default)]
+    struct Laned {
+        mem: Option<MemoryStore>,
+        vectored: Mutex<Vec<(u64, Vec<usize>)>>,
+        bad: Mutex<Option<u64>>,
+    }
+
+    impl Laned {
+        fn mem(&self) -> &MemoryStore {
+            self.mem.as_ref().expect("store")
+        }
+        fn check(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+            match *self.bad.lock().unwrap() {
+                Some(b) if (offset..offset + len).contains(&b) => Err(StoreError::IO),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    impl BackingStore for Laned {
+        fn size(&self) -> u64 {
+            self.mem().size()
+        }
+        fn block_size(&self) -> u32 {
+            512
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn is_thin(&self) -> bool {
+            false
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+            self.mem().read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<usize, StoreError> {
+            self.check(offset, buf.len() as u64)?;
+            self.mem().write_at(buf, offset, fua)
+        }
+        fn write_vectored_at(
+            &self,
+            bufs: &[IoSlice<'_>],
+            offset: u64,
+        ) -> Result<usize, StoreError> {
+            self.vectored
+                .lock()
+                .unwrap()
+                .push((offset, bufs.iter().map(|b| b.len()).collect()));
+            let total = bufs.iter().map(|b| b.len() as u64).sum();
+            self.check(offset, total)?;
+            let mut at = offset;
+            for b in bufs {
+                self.mem().write_at(b, at, false)?;
+                at += b.len() as u64;
+            }
+            Ok(total as usize)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn serializes_writes(&self) -> bool {
+            true
+        }
+    }
+
+    fn backend(store: Arc<dyn BackingStore>) -> Arc<LunBackend> {
+        Arc::new(LunBackend::for_test("test", store, false))
+    }
+
+    fn laned() -> (Arc<Laned>, Arc<LunBackend>) {
+        let store = Arc::new(Laned {
+            mem: Some(MemoryStore::new(1 << 20, 512).unwrap()),
+            ..Laned::default()
+        });
+        let b = backend(store.clone());
+        (store, b)
+    }
+
+    fn target() -> Arc<TargetNode> {
+        let reg = Registry::new();
+        reg.add_target(reg.new_target(1, "iqn.2026-11.org.tgt-rs:join"))
+            .unwrap()
+    }
+
+    /// A write of `blocks` at `lba` whose data is `fill` repeated.
+    fn write(b: &Arc<LunBackend>, lba: u64, blocks: u64, fill: u8) -> IoJob {
+        let buf = vec![fill; blocks as usize * 512];
+        IoJob::for_test(req(IoOp::Write, lba, blocks), b.clone(), target(), buf)
+    }
+
+    fn read_back(store: &Laned, lba: u64, blocks: u64) -> Vec<u8> {
+        let mut v = vec![0; blocks as usize * 512];
+        store.read_at(&mut v, lba * 512).unwrap();
+        v
+    }
+
+    fn joinable(jobs: &[IoJob]) -> bool {
+        (1..jobs.len()).all(|i| IoJob::joins(&jobs[..i], &jobs[i]))
+    }
+
+    #[test]
+    fn contiguous_writes_of_a_lane_go_out_as_one_call() {
+        let (store, b) = laned();
+        let mut jobs = vec![write(&b, 0, 8, 1), write(&b, 8, 8, 2), write(&b, 16, 4, 3)];
+        assert!(joinable(&jobs));
+        IoJob::run_joined(&mut jobs);
+        assert_eq!(
+            *store.vectored.lock().unwrap(),
+            vec![(0, vec![4096, 4096, 2048])]
+        );
+        for j in &jobs {
+            assert_eq!(j.answer(), Some(IoAnswer::Complete(IoResult::Ok)));
+        }
+        assert!(read_back(&store, 0, 8).iter().all(|&x| x == 1));
+        assert!(read_back(&store, 8, 8).iter().all(|&x| x == 2));
+        assert!(read_back(&store, 16, 4).iter().all(|&x| x == 3));
+        assert!(read_back(&store, 20, 1).iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn only_plain_contiguous_writes_of_one_lane_join() {
+        let (_, b) = laned();
+        let (_, other) = laned();
+        let plain = backend(Arc::new(MemoryStore::new(1 << 20, 512).unwrap()));
+        let first = [write(&b, 8, 8, 1)];
+        assert!(IoJob::joins(&first, &write(&b, 16, 1, 0)), "continues it");
+        assert!(!IoJob::joins(&first, &write(&b, 17, 1, 0)), "a gap");
+        assert!(!IoJob::joins(&first, &write(&b, 15, 1, 0)), "overlaps");
+        assert!(!IoJob::joins(&first, &write(&b, 0, 8, 0)), "before it");
+        assert!(
+            !IoJob::joins(&first, &write(&other, 16, 1, 0)),
+            "another LUN"
+        );
+        assert!(!IoJob::joins(&[], &write(&b, 16, 1, 0)), "nothing to join");
+        let mut fua = write(&b, 16, 1, 0);
+        fua.req.fua = true;
+        assert!(!IoJob::joins(&first, &fua), "FUA");
+        let read = IoJob::for_test(req(IoOp::Read, 16, 1), b.clone(), target(), vec![0; 512]);
+        assert!(!IoJob::joins(&first, &read), "a read");
+        let short = IoJob::for_test(req(IoOp::Write, 16, 2), b.clone(), target(), vec![0; 512]);
+        assert!(
+            !IoJob::joins(&first, &short),
+            "data shorter than the request"
+        );
+        let unlaned = [write(&plain, 0, 1, 0)];
+        assert!(!IoJob::joins(&unlaned, &write(&plain, 1, 1, 0)), "no lane");
+        // Bounded in jobs and in bytes.
+        let many: Vec<IoJob> = (0..JOIN_MAX as u64).map(|i| write(&b, i, 1, 0)).collect();
+        assert!(joinable(&many));
+        assert!(!IoJob::joins(&many, &write(&b, JOIN_MAX as u64, 1, 0)));
+        let big = JOIN_MAX_BYTES / 512 / 2;
+        let two = [write(&b, 0, big, 0), write(&b, big, big, 0)];
+        assert!(joinable(&two));
+        assert!(!IoJob::joins(&two, &write(&b, 2 * big, 1, 0)));
+    }
+
+    #[test]
+    fn a_failed_joined_write_gives_each_job_its_own_status() {
+        let (store, b) = laned();
+        *store.bad.lock().unwrap() = Some(8 * 512 + 100);
+        let mut jobs = vec![write(&b, 0, 8, 1), write(&b, 8, 8, 2), write(&b, 16, 4, 3)];
+        IoJob::run_joined(&mut jobs);
+        assert_eq!(
+            store.vectored.lock().unwrap().len(),
+            1,
+            "tried joined first"
+        );
+        let answers: Vec<_> = jobs.iter().map(IoJob::answer).collect();
+        assert_eq!(
+            answers,
+            [IoResult::Ok, IoResult::WriteError, IoResult::Ok].map(|r| Some(IoAnswer::Complete(r)))
+        );
+        assert!(read_back(&store, 0, 8).iter().all(|&x| x == 1));
+        assert!(
+            read_back(&store, 8, 8).iter().all(|&x| x == 0),
+            "failed: untouched"
+        );
+        assert!(read_back(&store, 16, 4).iter().all(|&x| x == 3));
+    }
+
+    #[test]
+    fn a_batch_that_does_not_hold_together_runs_job_by_job() {
+        let (store, b) = laned();
+        let mut jobs = vec![write(&b, 0, 2, 1), write(&b, 4, 2, 2)];
+        assert!(!joinable(&jobs));
+        IoJob::run_joined(&mut jobs);
+        assert!(store.vectored.lock().unwrap().is_empty());
+        assert!(read_back(&store, 0, 2).iter().all(|&x| x == 1));
+        assert!(read_back(&store, 2, 2).iter().all(|&x| x == 0));
+        assert!(read_back(&store, 4, 2).iter().all(|&x| x == 2));
+        for j in &jobs {
+            assert_eq!(j.answer(), Some(IoAnswer::Complete(IoResult::Ok)));
+        }
+        IoJob::run_joined(&mut []);
     }
 }

@@ -450,7 +450,7 @@ mod tests {
     use super::*;
     use crate::exec::execute;
     use crate::exec::tests::req;
-    use crate::registry::{EngineFactory, LunInfo, LunStats, Registry, TargetNode};
+    use crate::registry::{EngineFactory, Registry, TargetNode};
 
     type Store = InstrumentedStore<MemoryStore>;
 
@@ -477,19 +477,8 @@ mod tests {
                 Ok(Box::new(g))
             });
             let backend = Arc::new(LunBackend {
-                info: LunInfo {
-                    number: 0,
-                    bstype: "test".into(),
-                    path: None,
-                    size: 1 << 20,
-                    block_size: 512,
-                    readonly: false,
-                    removable: false,
-                    thin: true,
-                },
-                store: store.clone(),
-                stats: LunStats::default(),
                 engine: with_engine.then_some(factory),
+                ..LunBackend::for_test("test", store.clone(), true)
             });
             Lun {
                 backend,

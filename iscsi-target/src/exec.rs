@@ -128,6 +128,15 @@ pub(crate) fn transfer_result(
     }
 }
 
+/// The bytes a plain WRITE request writes: its range of the task buffer `data`. `None` for
+/// any other operation, or when `data` is too short to hold them.
+pub(crate) fn write_data<'a>(req: &IoRequest, data: &'a [u8]) -> Option<&'a [u8]> {
+    if req.op != IoOp::Write {
+        return None;
+    }
+    slice(data, req.data_offset as usize, len_of(req).ok()?).ok()
+}
+
 fn read_full(store: &dyn BackingStore, buf: &mut [u8], offset: u64) -> Result<(), IoResult> {
     transfer_result(store.read_at(buf, offset), buf.len(), false)
 }

@@ -140,7 +140,7 @@ mod registry_tests {
     use scsi_core::{Action, DataDirection, Lun, NexusId, ScsiStatus, TaskAttr, TaskId, TaskTag};
 
     use super::*;
-    use crate::registry::{LunBackend, LunInfo, LunStats, TargetNode};
+    use crate::registry::{LunBackend, TargetNode};
 
     const NAME: &str = "iqn.2026-11.org.example:pr";
     const PORT: &[u8] = b"iqn.2026-11.org.example:host,i,0x400000000001";
@@ -150,26 +150,8 @@ mod registry_tests {
         node.set_pr_store(store.clone());
         let mem = Arc::new(MemoryStore::new(1 << 20, 512).unwrap());
         let cfg = crate::builder::lu_config(1, 0, mem.as_ref(), &crate::LunOptions::default());
-        let info = LunInfo {
-            number: 0,
-            bstype: "memory".into(),
-            path: None,
-            size: 1 << 20,
-            block_size: 512,
-            readonly: false,
-            removable: false,
-            thin: false,
-        };
-        node.add_lun(
-            LunBackend {
-                info,
-                store: mem,
-                stats: LunStats::default(),
-                engine: None,
-            },
-            cfg,
-        )
-        .unwrap();
+        node.add_lun(LunBackend::for_test("memory", mem, false), cfg)
+            .unwrap();
         node.attach_nexus(NexusId(7), None).unwrap();
         node.scsi()
             .target()

@@ -236,6 +236,28 @@ pub struct LunBackend {
     pub engine: Option<EngineFactory>,
 }
 
+#[cfg(test)]
+impl LunBackend {
+    /// LUN 0 of 1 MiB in 512-byte blocks on `store`, without an engine (tests).
+    pub(crate) fn for_test(bstype: &str, store: Arc<dyn BackingStore>, thin: bool) -> LunBackend {
+        LunBackend {
+            info: LunInfo {
+                number: 0,
+                bstype: bstype.into(),
+                path: None,
+                size: 1 << 20,
+                block_size: 512,
+                readonly: false,
+                removable: false,
+                thin,
+            },
+            store,
+            stats: LunStats::default(),
+            engine: None,
+        }
+    }
+}
+
 impl LunBackend {
     /// The [`EngineFactory`] of `lun`'s asynchronous engine, if it has one
     /// ([`backstore::LunStore::has_async_engine`]).

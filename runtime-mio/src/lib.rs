@@ -435,9 +435,12 @@ impl Drop for IoPool {
 }
 
 fn worker(state: &PoolState, shared: &ReactorShared) {
+    // The batch this worker runs: one job, or a lane's contiguous writes joined into one.
+    let mut tokens = Vec::new();
+    let mut jobs = Vec::new();
     let mut q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let Some(mut next) = q.jobs.pop_front() else {
+        let Some((token, job)) = q.jobs.pop_front() else {
             if q.stop {
                 return;
             }
@@ -447,25 +450,35 @@ fn worker(state: &PoolState, shared: &ReactorShared) {
             continue;
         };
         drop(q);
+        let lane = job.lane();
+        tokens.push(token);
+        jobs.push(job);
         loop {
-            let (token, mut job) = next;
-            let lane = job.lane();
-            job.run();
+            IoJob::run_joined(&mut jobs);
             shared
                 .done
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((token, job));
+                .extend(tokens.drain(..).zip(jobs.drain(..)));
             let _ = shared.waker.wake();
             let Some(lane) = lane else { break };
-            // The lane's next job runs here and now.
+            // The lane's next jobs run here and now: its next write, and the writes queued
+            // behind it that continue it, as one.
             let mut q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
-            match q.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
-                Some(job) => next = job,
-                None => {
-                    q.lanes.remove(&lane);
-                    break;
+            if let Some(waiting) = q.lanes.get_mut(&lane) {
+                while let Some((_, next)) = waiting.front() {
+                    if !jobs.is_empty() && !IoJob::joins(&jobs, next) {
+                        break;
+                    }
+                    if let Some((token, job)) = waiting.pop_front() {
+                        tokens.push(token);
+                        jobs.push(job);
+                    }
                 }
+            }
+            if jobs.is_empty() {
+                q.lanes.remove(&lane);
+                break;
             }
         }
         q = state.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -1572,20 +1585,40 @@ mod tests {
 
     // --- Write lanes ----------------------------------------------------------------------
 
-    /// A RAM disk whose writes take 3 ms and count how many run at once.
+    /// A RAM disk whose writes take 3 ms and count how many run at once, how many calls
+    /// there were and the most writes one call joined.
+    #[derive(Default)]
     struct SlowWrites {
-        mem: MemoryStore,
+        mem: Option<MemoryStore>,
         serializes: bool,
         now: AtomicUsize,
         peak: AtomicUsize,
+        calls: AtomicUsize,
+        most_joined: AtomicUsize,
+    }
+
+    impl SlowWrites {
+        fn mem(&self) -> &MemoryStore {
+            self.mem.as_ref().expect("store")
+        }
+
+        /// One write call of `pieces` writes: 3 ms, counted.
+        fn slow_call(&self, pieces: usize) {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, Ordering::SeqCst);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.most_joined.fetch_max(pieces, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(3));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     impl backstore::BackingStore for SlowWrites {
         fn size(&self) -> u64 {
-            self.mem.size()
+            self.mem().size()
         }
         fn block_size(&self) -> u32 {
-            self.mem.block_size()
+            self.mem().block_size()
         }
         fn is_read_only(&self) -> bool {
             false
@@ -1594,7 +1627,7 @@ mod tests {
             false
         }
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, backstore::StoreError> {
-            self.mem.read_at(buf, offset)
+            self.mem().read_at(buf, offset)
         }
         fn write_at(
             &self,
@@ -1602,11 +1635,21 @@ mod tests {
             offset: u64,
             fua: bool,
         ) -> Result<usize, backstore::StoreError> {
-            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.peak.fetch_max(n, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(3));
-            self.now.fetch_sub(1, Ordering::SeqCst);
-            self.mem.write_at(buf, offset, fua)
+            self.slow_call(1);
+            self.mem().write_at(buf, offset, fua)
+        }
+        fn write_vectored_at(
+            &self,
+            bufs: &[std::io::IoSlice<'_>],
+            offset: u64,
+        ) -> Result<usize, backstore::StoreError> {
+            self.slow_call(bufs.len());
+            let mut at = offset;
+            for b in bufs {
+                self.mem().write_at(b, at, false)?;
+                at += b.len() as u64;
+            }
+            Ok((at - offset) as usize)
         }
         fn flush(&self) -> Result<(), backstore::StoreError> {
             Ok(())
@@ -1616,15 +1659,14 @@ mod tests {
         }
     }
 
-    /// Sends 16 WRITE(16)s of 4 KiB at once (FUA or not); returns the peak number of writes
-    /// that ran together on a reactor with four I/O threads, after checking every one landed.
-    fn peak_writers(serializes: bool, fua: bool) -> usize {
+    /// Sends 16 contiguous WRITE(16)s of 4 KiB at once (FUA or not) to a reactor with four
+    /// I/O threads and checks every one landed; returns the store's counters.
+    fn sixteen_writes(serializes: bool, fua: bool) -> Arc<SlowWrites> {
         use backstore::BackingStore;
         let store = Arc::new(SlowWrites {
-            mem: MemoryStore::new(1 << 20, 512).unwrap(),
+            mem: Some(MemoryStore::new(1 << 20, 512).unwrap()),
             serializes,
-            now: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
+            ..SlowWrites::default()
         });
         let (server, _node) = server_with_lun0(store.clone(), "slow", None, 4);
         let mut s = Session::login(server.local_addrs()[0]);
@@ -1641,20 +1683,37 @@ mod tests {
         for (k, (itt, d)) in itts.iter().zip(&datas).enumerate() {
             assert_eq!(got[itt].status, Some(0), "write {k}");
             let mut b = vec![0u8; 4096];
-            store.mem.read_at(&mut b, k as u64 * 4096).unwrap();
+            store.mem().read_at(&mut b, k as u64 * 4096).unwrap();
             assert!(&b == d, "write {k} landed");
         }
         drop(s);
         server.shutdown(Duration::from_secs(1));
-        store.peak.load(Ordering::SeqCst)
+        store
     }
 
     #[test]
     fn plain_writes_to_a_serializing_store_run_one_at_a_time() {
-        assert_eq!(peak_writers(true, false), 1, "one lane");
+        let laned = sixteen_writes(true, false);
+        assert_eq!(laned.peak.load(Ordering::SeqCst), 1, "one lane");
         // FUA writes spend their time in the sync, outside the file's lock: not laned.
-        assert!(peak_writers(true, true) > 1);
-        assert!(peak_writers(false, false) > 1);
+        assert!(sixteen_writes(true, true).peak.load(Ordering::SeqCst) > 1);
+        assert!(sixteen_writes(false, false).peak.load(Ordering::SeqCst) > 1);
+    }
+
+    #[test]
+    fn queued_contiguous_writes_of_a_lane_are_joined() {
+        // The first write runs alone; the others queue behind it in the lane meanwhile and
+        // go out joined (up to the JOIN_MAX and byte bounds, far away here).
+        let laned = sixteen_writes(true, false);
+        let calls = laned.calls.load(Ordering::SeqCst);
+        assert!(calls < 16, "{calls} calls for 16 writes");
+        assert!(laned.most_joined.load(Ordering::SeqCst) > 1);
+        // Writes outside a lane are never joined.
+        for (serializes, fua) in [(true, true), (false, false)] {
+            let s = sixteen_writes(serializes, fua);
+            assert_eq!(s.calls.load(Ordering::SeqCst), 16);
+            assert_eq!(s.most_joined.load(Ordering::SeqCst), 1);
+        }
     }
 
     // --- Reactor placement ----------------------------------------------------------------
