@@ -10,6 +10,7 @@
 //! ```text
 //! iscsi-load --portal 127.0.0.1:3260 --target IQN [--lun 1] [--bs 4096] [--qd 32]
 //!            [--sessions 1] [--secs 5] [--read-pct 100] [--seq] [--idle]
+//!            [--initial-r2t no] [--first-burst 262144]
 //! ```
 //!
 //! With `--idle` each session logs in, clears its unit attentions, reads the capacity and
@@ -17,8 +18,13 @@
 //! pings): a memory benchmark holds many idle sessions this way. It prints
 //! `logged-in sessions=N` once every session is in full feature phase.
 //!
-//! Writes carry immediate data up to the negotiated FirstBurstLength and answer R2Ts with
-//! Data-Out PDUs sized by the target's MaxRecvDataSegmentLength.
+//! At login it offers what Linux's open-iscsi offers by default (InitialR2T=No,
+//! ImmediateData=Yes, FirstBurstLength 262144, MaxBurstLength 16776192,
+//! MaxRecvDataSegmentLength 262144); `--initial-r2t yes` and `--first-burst BYTES` change the
+//! offer (`--initial-r2t yes --first-burst 65536` is the RFC 7143 default). The target's
+//! answers decide: writes carry immediate data and, where InitialR2T=No was agreed,
+//! unsolicited Data-Out up to the negotiated FirstBurstLength, and answer R2Ts with Data-Out
+//! PDUs sized by the target's MaxRecvDataSegmentLength.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, Read, Write};
@@ -42,6 +48,10 @@ struct Opts {
     read_pct: u32,
     seq: bool,
     idle: bool,
+    /// InitialR2T offered at login.
+    initial_r2t: bool,
+    /// FirstBurstLength offered at login.
+    first_burst: u32,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -56,6 +66,8 @@ fn parse_args() -> Result<Opts> {
         read_pct: 100,
         seq: false,
         idle: false,
+        initial_r2t: false,
+        first_burst: 262_144,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,17 +86,29 @@ fn parse_args() -> Result<Opts> {
             "--sessions" => o.sessions = v.parse()?,
             "--secs" => o.secs = v.parse()?,
             "--read-pct" => o.read_pct = v.parse()?,
+            "--initial-r2t" => {
+                o.initial_r2t = match v.as_str() {
+                    "yes" | "Yes" => true,
+                    "no" | "No" => false,
+                    _ => bail!("--initial-r2t takes yes or no"),
+                }
+            }
+            "--first-burst" => o.first_burst = v.parse()?,
             _ => bail!("unknown option {a}"),
         }
     }
     if o.portal.is_empty() || o.target.is_empty() {
         bail!(
             "usage: iscsi-load --portal HOST:PORT --target IQN [--lun N] [--bs BYTES] [--qd N] \
-             [--sessions N] [--secs S] [--read-pct P] [--seq] [--idle]"
+             [--sessions N] [--secs S] [--read-pct P] [--seq] [--idle] [--initial-r2t yes|no] \
+             [--first-burst BYTES]"
         );
     }
     if o.qd == 0 || o.sessions == 0 || o.bs == 0 || o.read_pct > 100 {
         bail!("--qd, --sessions and --bs must be > 0, --read-pct <= 100");
+    }
+    if !(512..=16_777_215).contains(&o.first_burst) {
+        bail!("--first-burst must be 512..=16777215 (RFC 7143 13.14)");
     }
     Ok(o)
 }
@@ -139,6 +163,8 @@ struct Session {
     target_mrdsl: u32,
     first_burst: u32,
     immediate_data: bool,
+    /// InitialR2T as agreed: when false, writes may send one unsolicited burst of Data-Out.
+    initial_r2t: bool,
     block_len: u32,
     blocks: u64,
 }
@@ -160,10 +186,12 @@ impl Session {
             target_mrdsl: 8192,
             first_burst: 65536,
             immediate_data: false,
+            initial_r2t: true,
             block_len: 512,
             blocks: 0,
         };
         let name = format!("iqn.2026-11.org.tgt-rs:load{index}");
+        let first_burst = o.first_burst.to_string();
         let mut text = [0u8; 1024];
         let n = write_text(
             &mut text,
@@ -174,10 +202,10 @@ impl Session {
                 ("HeaderDigest", "None"),
                 ("DataDigest", "None"),
                 ("ImmediateData", "Yes"),
-                ("InitialR2T", "Yes"),
+                ("InitialR2T", if o.initial_r2t { "Yes" } else { "No" }),
                 ("MaxRecvDataSegmentLength", "262144"),
-                ("FirstBurstLength", "65536"),
-                ("MaxBurstLength", "262144"),
+                ("FirstBurstLength", &first_burst),
+                ("MaxBurstLength", "16776192"),
                 ("MaxOutstandingR2T", "1"),
                 ("DataPDUInOrder", "Yes"),
                 ("DataSequenceInOrder", "Yes"),
@@ -222,6 +250,8 @@ impl Session {
             s.first_burst = v.parse().unwrap_or(65536);
         }
         s.immediate_data = find_key(r.data, "ImmediateData") == Some("Yes");
+        // A target that does not answer keeps the RFC default, Yes.
+        s.initial_r2t = find_key(r.data, "InitialR2T") != Some("No");
         // Clear unit attentions (power on / reset), then learn the geometry.
         for _ in 0..4 {
             if s.simple(&[0; 6], 0)?.0 {
@@ -239,6 +269,35 @@ impl Session {
             bail!("block length 0");
         }
         Ok(s)
+    }
+
+    /// Queues Data-Out PDUs carrying bytes `from..to` of task `itt`'s payload, each at most
+    /// the target's MaxRecvDataSegmentLength, DataSN from 0 and the F bit on the last: one
+    /// sequence, answering the R2T with `ttt` or (`ttt` reserved) the unsolicited burst.
+    fn data_out(&mut self, pdu: &mut [u8], itt: u32, ttt: u32, from: u32, to: u32) -> Result<()> {
+        let mut off = from;
+        let mut data_sn = 0;
+        while off < to {
+            let chunk = (to - off).min(self.target_mrdsl);
+            let n = self
+                .ini
+                .data_out_header(
+                    pdu,
+                    itt,
+                    ttt,
+                    self.lun_field,
+                    data_sn,
+                    off,
+                    chunk as usize,
+                    off + chunk == to,
+                )
+                .map_err(|e| anyhow::anyhow!("emit data-out: {e}"))?;
+            self.tx
+                .push(&pdu[..n], off as usize..(off + chunk) as usize);
+            off += chunk;
+            data_sn += 1;
+        }
+        Ok(())
     }
 
     /// Reads until one complete PDU sits at `rx_start`; returns its length.
@@ -446,17 +505,26 @@ fn run_session(
             cdb[0] = if write { 0x2a } else { 0x28 };
             cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
             cdb[7..9].copy_from_slice(&(io_blocks as u16).to_be_bytes());
-            let spec = if write {
-                let imm = len.min(imm_max) as usize;
-                CommandSpec::write(s.lun_field, &cdb, len, &payload[..imm])
+            // Immediate data first, then (InitialR2T=No) unsolicited Data-Out to the end of
+            // the first burst; the target asks for the rest with R2Ts.
+            let imm = if write { len.min(imm_max) } else { 0 };
+            let unsolicited = if write && !s.initial_r2t {
+                len.min(s.first_burst).max(imm)
+            } else {
+                imm
+            };
+            let mut spec = if write {
+                CommandSpec::write(s.lun_field, &cdb, len, &payload[..imm as usize])
             } else {
                 CommandSpec::read(s.lun_field, &cdb, len)
             };
+            spec.final_bit = unsolicited == imm;
             let (itt, n) = s
                 .ini
                 .command_header(&mut pdu, &spec)
                 .map_err(|e| anyhow::anyhow!("emit command: {e}"))?;
             s.tx.push(&pdu[..n], 0..spec.data.len());
+            s.data_out(&mut pdu, itt, RESERVED_TAG, imm, unsolicited)?;
             tasks.insert(itt, Task { write, len });
         }
         s.tx.send(&mut s.sock, &payload)?;
@@ -495,27 +563,7 @@ fn run_session(
                     len: want,
                 } => {
                     let end = offset.saturating_add(want).min(len);
-                    let mut off = offset;
-                    let mut data_sn = 0;
-                    while off < end {
-                        let chunk = (end - off).min(s.target_mrdsl);
-                        let n = s
-                            .ini
-                            .data_out_header(
-                                &mut pdu,
-                                itt,
-                                ttt,
-                                s.lun_field,
-                                data_sn,
-                                off,
-                                chunk as usize,
-                                off + chunk == end,
-                            )
-                            .map_err(|e| anyhow::anyhow!("emit data-out: {e}"))?;
-                        s.tx.push(&pdu[..n], off as usize..(off + chunk) as usize);
-                        off += chunk;
-                        data_sn += 1;
-                    }
+                    s.data_out(&mut pdu, itt, ttt, offset, end)?;
                 }
                 Event::Ping { ttt } => {
                     let n = s
