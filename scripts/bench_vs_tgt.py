@@ -22,7 +22,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 IQN_OURS = "iqn.2026-11.org.tgt-rs:bench"
 IQN_TGT = "iqn.2026-11.org.tgt-rs:bench-tgt"
 
-# (name, client, args). iscsi-perf: reads only; iscsi-load: the project's own generator.
+# (name, client, args). iscsi-perf: reads only; iscsi-load: the project's own generator,
+# which offers open-iscsi's defaults at login (InitialR2T=No, FirstBurstLength 256 KiB).
 WORKLOADS = [
     ("4k randread QD1", "load", ["--bs", "4096", "--qd", "1"]),
     ("4k randread QD32", "load", ["--bs", "4096", "--qd", "32"]),
@@ -33,6 +34,11 @@ WORKLOADS = [
     ("128k seqread QD8", "load", ["--bs", "131072", "--qd", "8", "--seq"]),
     ("128k seqread QD8 (iscsi-perf)", "perf", ["-m", "8", "-b", "256"]),
     ("128k seqwrite QD8", "load", ["--bs", "131072", "--qd", "8", "--seq", "--read-pct", "0"]),
+    # The same with the RFC 7143 default offer instead of open-iscsi's: the first 64 KiB as
+    # immediate data, the rest only after an R2T.
+    ("128k seqwrite QD8 (InitialR2T=Yes)", "load",
+     ["--bs", "131072", "--qd", "8", "--seq", "--read-pct", "0", "--initial-r2t", "yes",
+      "--first-burst", "65536"]),
     ("4k randread 4x QD16", "load", ["--bs", "4096", "--qd", "16", "--sessions", "4"]),
 ]
 
