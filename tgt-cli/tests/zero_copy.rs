@@ -3,7 +3,8 @@
 //! tests check the bytes an initiator receives on that path (Data-In split by the
 //! initiator's MaxRecvDataSegmentLength, padding after a segment of odd length, reads
 //! beside writes in flight, buffers reused between reads and writes), that `stats` counts
-//! the path, and that data digests and the threads runtime keep to the copying path.
+//! the path, and that data digests and the threads runtime keep to the copying path (which
+//! sends data from the task buffers with writev).
 
 mod common;
 
@@ -121,6 +122,28 @@ fn threads_runtime_copies_and_counts_no_zero_copy_reads() {
     let dir = tempdir();
     let d = Daemon::start(dir.path(), "threads", &config());
     let mut c = session(&d, 1, &[]);
-    round_trip(&mut c, 3);
+    let image = round_trip(&mut c, 3);
+    // Segments long enough to go out from the task buffer as I/O vectors of their own, of
+    // odd length (padding follows each), many PDUs per writev; then with data digests.
+    for (tail, keys) in [
+        (2, &[("MaxRecvDataSegmentLength", "65537")][..]),
+        (
+            3,
+            &[
+                ("MaxRecvDataSegmentLength", "65537"),
+                ("HeaderDigest", "CRC32C"),
+                ("DataDigest", "CRC32C"),
+            ][..],
+        ),
+    ] {
+        let mut s = session(&d, tail, keys);
+        let got = s.read_blocks(LUN, 3, 4093, BS, 4).unwrap();
+        assert!(
+            got == image[3 * 512..4096 * 512],
+            "read with {keys:?} differs"
+        );
+        let whole = s.read_blocks(LUN, 0, BLOCKS, BS, 8).unwrap();
+        assert!(whole == image, "whole-LUN read with {keys:?} differs");
+    }
     assert_eq!(zero_copy_reads(&d), 0);
 }
