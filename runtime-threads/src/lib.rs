@@ -33,7 +33,7 @@
 //! (`cargo run -p runtime-threads --example memdisk -- --self-test`).
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iscsi_proto::session::{TaskData, Timestamp};
+use iscsi_proto::session::Timestamp;
 use iscsi_target::driver::{ConnLimiter, Driver, DriverConfig, InputStatus};
 use iscsi_target::registry::Registry;
 
@@ -53,11 +53,6 @@ const READ_CHUNK: usize = 256 * 1024;
 const READ_MIN: usize = 16 * 1024;
 /// Read chunks queued between the reader thread and the connection thread.
 const READ_QUEUE: usize = 8;
-/// Most PDUs sent with one `writev`.
-const WRITEV_PDUS: usize = 64;
-/// Task data shorter than this is copied next to its header rather than sent from the task
-/// buffer as an I/O vector of its own.
-const COPY_BELOW: usize = 16 * 1024;
 
 enum Msg {
     Data(Vec<u8>),
@@ -122,8 +117,7 @@ fn poke(addr: &SocketAddr) {
 
 impl Server {
     /// Listens on `portals` and serves `registry`. The registry's portal list is set to the
-    /// bound addresses (so port 0 works). [`DriverConfig::zero_copy_reads`] is ignored: this
-    /// runtime reads task data into the task buffers and sends it from there with `writev`.
+    /// bound addresses (so port 0 works).
     pub fn start(
         registry: Arc<Registry>,
         cfg: DriverConfig,
@@ -141,11 +135,6 @@ impl Server {
             .collect::<io::Result<_>>()?;
         registry.set_portals(addrs.clone());
         let limiter = ConnLimiter::new(&cfg.limits);
-        // Task data goes out from the task buffers (`Tx`): reads are read into them.
-        let cfg = DriverConfig {
-            zero_copy_reads: false,
-            ..cfg
-        };
         let shared = Arc::new(Shared {
             registry,
             cfg,
@@ -386,7 +375,7 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Msg>) {
     let Some(mut out) = out else { return };
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut tx = Tx::default();
+    let mut outbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
         let now = shared.now();
         let msg = match d.poll_timeout() {
@@ -423,7 +412,9 @@ fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Ms
         loop {
             let st = d.handle_input(now, &mut inbuf);
             d.run_io_inline(now);
-            if tx.send(d, now, &mut out).is_err() {
+            outbuf.clear();
+            d.transmit_into(now, &mut outbuf);
+            if !outbuf.is_empty() && out.write_all(&outbuf).is_err() {
                 return;
             }
             match st {
@@ -437,82 +428,6 @@ fn run(shared: &Shared, d: &mut Driver, out: Option<TcpStream>, rx: &Receiver<Ms
             break;
         }
     }
-}
-
-/// The output path: headers and trailers gathered in `hdrs`, task data left in the task
-/// buffers, both sent with `writev`, so Data-In is not copied in user space.
-#[derive(Default)]
-struct Tx {
-    hdrs: Vec<u8>,
-    /// Per PDU: its header's and trailer's ranges of `hdrs`, and its task data.
-    pieces: Vec<(
-        std::ops::Range<usize>,
-        Option<TaskData>,
-        std::ops::Range<usize>,
-    )>,
-}
-
-impl Tx {
-    /// Sends every PDU the driver has, [`WRITEV_PDUS`] per `writev`; then lets the driver
-    /// act on what it sent (close after a Logout Response) and sends what that adds.
-    fn send(&mut self, d: &mut Driver, now: Timestamp, out: &mut TcpStream) -> io::Result<()> {
-        loop {
-            self.hdrs.clear();
-            self.pieces.clear();
-            while self.pieces.len() < WRITEV_PDUS {
-                let Some(o) = d.poll_transmit(now) else { break };
-                let h0 = self.hdrs.len();
-                self.hdrs.extend_from_slice(&d.header_buf()[..o.header_len]);
-                let mut data = o.data;
-                if let Some(t) = &o.data {
-                    let bytes = d.task_data(t);
-                    if bytes.len() < COPY_BELOW {
-                        // Cheaper copied than sent as a piece of its own.
-                        self.hdrs.extend_from_slice(bytes);
-                        data = None;
-                    }
-                }
-                let h1 = self.hdrs.len();
-                if let Some(t) = &o.data {
-                    self.hdrs
-                        .extend_from_slice(t.trailer(d.task_data(t)).as_bytes());
-                }
-                self.pieces.push((h0..h1, data, h1..self.hdrs.len()));
-            }
-            let full = self.pieces.len() == WRITEV_PDUS;
-            let mut iov = [IoSlice::new(&[]); 3 * WRITEV_PDUS];
-            let mut n = 0;
-            for (hdr, data, trailer) in &self.pieces {
-                let data = data.as_ref().map_or(&[][..], |t| d.task_data(t));
-                for part in [&self.hdrs[hdr.clone()], data, &self.hdrs[trailer.clone()]] {
-                    if !part.is_empty() {
-                        iov[n] = IoSlice::new(part);
-                        n += 1;
-                    }
-                }
-            }
-            write_all_vectored(out, &mut iov[..n])?;
-            if !full {
-                break;
-            }
-        }
-        self.hdrs.clear();
-        d.transmit_into(now, &mut self.hdrs);
-        out.write_all(&self.hdrs)
-    }
-}
-
-/// Writes all of `iov` to a blocking socket.
-fn write_all_vectored(out: &mut TcpStream, mut iov: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !iov.is_empty() {
-        match out.write_vectored(iov) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => IoSlice::advance_slices(&mut iov, k),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

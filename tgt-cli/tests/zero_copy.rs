@@ -3,8 +3,7 @@
 //! tests check the bytes an initiator receives on that path (Data-In split by the
 //! initiator's MaxRecvDataSegmentLength, padding after a segment of odd length, reads
 //! beside writes in flight, buffers reused between reads and writes), that `stats` counts
-//! the path, and that data digests and the threads runtime keep to the copying path (which
-//! sends data from the task buffers with writev).
+//! the path, and that data digests and the threads runtime keep to the copying path.
 
 mod common;
 
@@ -123,8 +122,8 @@ fn threads_runtime_copies_and_counts_no_zero_copy_reads() {
     let d = Daemon::start(dir.path(), "threads", &config());
     let mut c = session(&d, 1, &[]);
     let image = round_trip(&mut c, 3);
-    // Segments long enough to go out from the task buffer as I/O vectors of their own, of
-    // odd length (padding follows each), many PDUs per writev; then with data digests.
+    // Long segments of odd length (padding follows each), many PDUs per read; then with
+    // data digests.
     for (tail, keys) in [
         (2, &[("MaxRecvDataSegmentLength", "65537")][..]),
         (
