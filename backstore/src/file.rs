@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::buf::BufPool;
 use crate::error::{OpenError, OpenErrorKind, StoreError};
-use crate::store::{BackingStore, LbaStatus, check_range, check_writable, write_zeroes_by_writing};
+use crate::store::{
+    BackingStore, LbaStatus, check_range, check_writable, piece_offsets, write_each,
+    write_zeroes_by_writing,
+};
 use crate::sys;
 
 /// Memory alignment `O_DIRECT` needs for user buffers (conservative: one 512-byte sector).
@@ -297,15 +300,6 @@ fn create(path: &Path, oo: &std::fs::OpenOptions, size: u64) -> Result<File, Ope
     }
 }
 
-/// The offset each of `bufs` starts at when they are written back to back from `offset`.
-fn piece_offsets<'a>(bufs: &'a [io::IoSlice<'_>], offset: u64) -> impl Iterator<Item = u64> + 'a {
-    bufs.iter().scan(offset, |at, b| {
-        let here = *at;
-        *at += b.len() as u64;
-        Some(here)
-    })
-}
-
 impl BackingStore for FileStore {
     fn size(&self) -> u64 {
         self.size
@@ -369,10 +363,7 @@ impl BackingStore for FileStore {
         check_range(offset, total as u64, self.size)?;
         if self.direct {
             // O_DIRECT wants aligned memory: each piece goes through write_at's bounce.
-            for (b, at) in bufs.iter().zip(piece_offsets(bufs, offset)) {
-                self.write_at(b, at, false)?;
-            }
-            return Ok(total);
+            return write_each(self, bufs, offset);
         }
         let written = match sys::pwritev2(self.file.as_fd(), bufs, offset, 0) {
             Ok(0) if total > 0 => return Err(StoreError::NO_SPACE),

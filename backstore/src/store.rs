@@ -74,12 +74,7 @@ pub trait BackingStore: Send + Sync {
         bufs: &[io::IoSlice<'_>],
         offset: u64,
     ) -> Result<usize, StoreError> {
-        let mut at = offset;
-        for b in bufs {
-            self.write_at(b, at, false)?;
-            at = at.saturating_add(b.len() as u64);
-        }
-        Ok((at - offset) as usize)
+        write_each(self, bufs, offset)
     }
 
     /// Make every completed write durable (SYNCHRONIZE CACHE).
@@ -223,6 +218,30 @@ pub(crate) fn write_zeroes_by_writing(
         done += n as u64;
     }
     Ok(())
+}
+
+/// The offset each of `bufs` starts at when they are written back to back from `offset`.
+pub(crate) fn piece_offsets<'a>(
+    bufs: &'a [io::IoSlice<'_>],
+    offset: u64,
+) -> impl Iterator<Item = u64> + 'a {
+    bufs.iter().scan(offset, |at, b| {
+        let here = *at;
+        *at = at.saturating_add(b.len() as u64);
+        Some(here)
+    })
+}
+
+/// [`BackingStore::write_vectored_at`] as one plain [`BackingStore::write_at`] per buffer.
+pub(crate) fn write_each<S: BackingStore + ?Sized>(
+    store: &S,
+    bufs: &[io::IoSlice<'_>],
+    offset: u64,
+) -> Result<usize, StoreError> {
+    for (b, at) in bufs.iter().zip(piece_offsets(bufs, offset)) {
+        store.write_at(b, at, false)?;
+    }
+    Ok(bufs.iter().map(|b| b.len()).sum())
 }
 
 impl<S: BackingStore + ?Sized> BackingStore for std::sync::Arc<S> {

@@ -565,10 +565,11 @@ impl IoJob {
             return false;
         };
         let bytes = batch.iter().map(|j| j.req.byte_len()).sum::<u64>();
+        let lane = next.lane();
         batch.len() < JOIN_MAX
             && bytes.saturating_add(next.req.byte_len()) <= JOIN_MAX_BYTES
-            && next.lane().is_some()
-            && next.lane() == last.lane()
+            && lane.is_some()
+            && lane == last.lane()
             && last.req.byte_offset().checked_add(last.req.byte_len())
                 == Some(next.req.byte_offset())
             && write_data(&last.req, &last.buf).is_some()
@@ -3002,12 +3003,7 @@ mod join_tests {
                 .push((offset, bufs.iter().map(|b| b.len()).collect()));
             let total = bufs.iter().map(|b| b.len() as u64).sum();
             self.check(offset, total)?;
-            let mut at = offset;
-            for b in bufs {
-                self.mem().write_at(b, at, false)?;
-                at += b.len() as u64;
-            }
-            Ok(total as usize)
+            self.mem().write_vectored_at(bufs, offset)
         }
         fn flush(&self) -> Result<(), StoreError> {
             Ok(())

@@ -1644,12 +1644,7 @@ mod tests {
             offset: u64,
         ) -> Result<usize, backstore::StoreError> {
             self.slow_call(bufs.len());
-            let mut at = offset;
-            for b in bufs {
-                self.mem().write_at(b, at, false)?;
-                at += b.len() as u64;
-            }
-            Ok((at - offset) as usize)
+            self.mem().write_vectored_at(bufs, offset)
         }
         fn flush(&self) -> Result<(), backstore::StoreError> {
             Ok(())
